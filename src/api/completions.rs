@@ -1,0 +1,67 @@
+//! `POST /v1/completions` (legacy text completions).
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::chat::StreamOptions;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompletionRequest {
+    pub model: String,
+    /// A string, a list of strings, or token arrays.
+    pub prompt: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl CompletionRequest {
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    pub fn wants_stream_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+
+    pub fn validate(&self) -> Result<(), (String, &'static str)> {
+        if self.model.is_empty() {
+            return Err(("`model` must not be empty".into(), "model"));
+        }
+        match &self.prompt {
+            Value::String(_) => {}
+            Value::Array(items) if !items.is_empty() => {}
+            Value::Array(_) => return Err(("`prompt` must not be empty".into(), "prompt")),
+            _ => {
+                return Err((
+                    "`prompt` must be a string or an array of strings or tokens".into(),
+                    "prompt",
+                ));
+            }
+        }
+        if self.stream_options.is_some() && !self.is_stream() {
+            return Err((
+                "`stream_options` is only allowed when `stream` is true".into(),
+                "stream_options",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Rough prompt size in bytes, for estimates.
+    pub fn prompt_len(&self) -> usize {
+        match &self.prompt {
+            Value::String(s) => s.len(),
+            Value::Array(items) => items.iter().map(|v| v.as_str().map_or(4, str::len)).sum(),
+            _ => 0,
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! Configuration: the YAML schema, `${VAR}` interpolation, validation with
+//! line numbers, and the resolved `Config` the rest of tollgate reads.
+
+pub mod env;
+mod locate;
+pub mod schema;
+pub mod secret;
+pub mod units;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+
+pub use schema::{LogFormat, SimulatedSection};
+pub use secret::Secret;
+
+use env::Interpolated;
+use schema::{FileConfig, ProviderSection, TimeoutSection};
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub auth_keys: Vec<Secret>,
+    pub logging: schema::LoggingSection,
+    pub providers: Vec<ProviderSpec>,
+    pub models: Vec<ModelSpec>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub max_body: usize,
+    pub max_header_bytes: usize,
+    pub request_timeout: Duration,
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug)]
+pub struct ProviderSpec {
+    pub name: String,
+    pub kind: ProviderKind,
+}
+
+#[derive(Debug)]
+pub enum ProviderKind {
+    OpenAi(HttpSpec),
+    Azure { http: HttpSpec, api_version: String },
+    Simulated(SimulatedSection),
+}
+
+/// How to reach an HTTP upstream.
+#[derive(Debug, Clone)]
+pub struct HttpSpec {
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub key: KeyState,
+    pub auth_header: HeaderName,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone)]
+pub enum KeyState {
+    /// The provider needs no key (a local server).
+    NotNeeded,
+    Set(Secret),
+    /// The key's environment variables are unset: the provider answers a clear error.
+    Missing(Vec<String>),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub idle: Duration,
+    pub total: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    pub name: String,
+    pub provider: String,
+    pub upstream_model: String,
+    pub aliases: Vec<String>,
+}
+
+/// One mistake in a config file, with its place when it can be found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// Where in the document, e.g. `models[1].provider`.
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "line {l}, column {c}: ")?,
+            (Some(l), None) => write!(f, "line {l}: ")?,
+            _ => {}
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// All the mistakes found in one file.
+#[derive(Debug)]
+pub struct ConfigErrors {
+    pub file: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {e}", self.file)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and validates a config file with the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+        file: file.clone(),
+        errors: vec![ConfigError {
+            line: None,
+            column: None,
+            path: String::new(),
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    parse(&text, &|name| std::env::var(name).ok()).map_err(|errors| ConfigErrors { file, errors })
+}
+
+/// Parses and validates config text; `lookup` resolves `${VAR}`.
+pub fn parse(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, Vec<ConfigError>> {
+    let raw: FileConfig = serde_yaml_ng::from_str(text).map_err(|e| {
+        let loc = e.location();
+        vec![ConfigError {
+            line: loc.as_ref().map(|l| l.line()),
+            column: loc.as_ref().map(|l| l.column()),
+            path: String::new(),
+            message: strip_location(&e.to_string()),
+        }]
+    })?;
+    Validator {
+        text,
+        lookup,
+        errors: Vec::new(),
+    }
+    .run(raw)
+}
+
+fn strip_location(msg: &str) -> String {
+    match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+struct Validator<'a> {
+    text: &'a str,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+    errors: Vec<ConfigError>,
+}
+
+impl Validator<'_> {
+    fn error(&mut self, line: Option<usize>, path: String, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            line,
+            column: None,
+            path,
+            message: message.into(),
+        });
+    }
+
+    /// Interpolates a non-secret string; an unset variable is an error.
+    fn plain(&mut self, value: &str, line: Option<usize>, path: &str) -> Option<String> {
+        match env::interpolate(value, self.lookup) {
+            Ok(Interpolated::Value(v)) => Some(v),
+            Ok(Interpolated::Missing(vars)) => {
+                self.error(
+                    line,
+                    path.into(),
+                    format!(
+                        "environment variable {} is not set (use ${{VAR:-default}} for a default)",
+                        vars.join(", ")
+                    ),
+                );
+                None
+            }
+            Err(e) => {
+                self.error(line, path.into(), e);
+                None
+            }
+        }
+    }
+
+    /// Interpolates a secret, which must come from the environment.
+    fn secret(&mut self, value: &str, line: Option<usize>, path: &str) -> Option<KeyState> {
+        if !value.contains("${") {
+            self.error(line, path.into(), "secrets never live in the config file: reference an environment variable, e.g. ${OPENAI_API_KEY}");
+            return None;
+        }
+        match env::interpolate(value, self.lookup) {
+            Ok(Interpolated::Value(v)) if v.is_empty() => Some(KeyState::NotNeeded),
+            Ok(Interpolated::Value(v)) => Some(KeyState::Set(Secret::new(v))),
+            Ok(Interpolated::Missing(vars)) => Some(KeyState::Missing(vars)),
+            Err(e) => {
+                self.error(line, path.into(), e);
+                None
+            }
+        }
+    }
+
+    fn run(mut self, raw: FileConfig) -> Result<Config, Vec<ConfigError>> {
+        let server = self.server(&raw.server);
+        let mut auth_keys = Vec::new();
+        for (i, key) in raw.auth.keys.iter().enumerate() {
+            let line = locate::section(self.text, "auth");
+            match self.secret(key, line, &format!("auth.keys[{i}]")) {
+                Some(KeyState::Set(s)) => auth_keys.push(s),
+                Some(KeyState::Missing(vars)) => self.error(line, format!("auth.keys[{i}]"), format!("environment variable {} is not set; a gateway key must not silently disappear (use ${{VAR:-}} to make it optional)", vars.join(", "))),
+                _ => {}
+            }
+        }
+        let mut providers = Vec::new();
+        for (name, section) in &raw.providers {
+            if let Some(spec) = self.provider(name, section) {
+                providers.push(spec);
+            }
+        }
+        let models = self.models(&raw);
+        if raw.models.is_empty() {
+            self.error(
+                locate::section(self.text, "models"),
+                "models".into(),
+                "no models are configured: the gateway would answer nothing",
+            );
+        }
+        if self.errors.is_empty() {
+            Ok(Config {
+                server: server.expect("no errors"),
+                auth_keys,
+                logging: raw.logging,
+                providers,
+                models,
+            })
+        } else {
+            Err(self.errors)
+        }
+    }
+
+    fn server(&mut self, s: &schema::ServerSection) -> Option<ServerSettings> {
+        let line = locate::section(self.text, "server");
+        let listen = self.plain(&s.listen, line, "server.listen")?;
+        let listen = match listen.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                self.error(
+                    line,
+                    "server.listen".into(),
+                    format!("`{listen}` is not an address like 0.0.0.0:4000"),
+                );
+                return None;
+            }
+        };
+        if s.max_body.0 == 0 {
+            self.error(line, "server.max_body".into(), "must be greater than zero");
+        }
+        Some(ServerSettings {
+            listen,
+            max_body: s.max_body.0 as usize,
+            max_header_bytes: s.max_header_bytes.0.max(1024) as usize,
+            request_timeout: s.request_timeout.0,
+            shutdown_grace: s.shutdown_grace.0,
+        })
+    }
+
+    fn provider(&mut self, name: &str, section: &ProviderSection) -> Option<ProviderSpec> {
+        let kind = match section {
+            ProviderSection::Openai(p) => ProviderKind::OpenAi(self.http(
+                name,
+                &p.base_url,
+                p.api_key.as_deref(),
+                p.auth_header.as_deref().unwrap_or("authorization"),
+                &p.headers,
+                &p.timeouts,
+            )?),
+            ProviderSection::Azure(p) => {
+                let http = self.http(
+                    name,
+                    &p.base_url,
+                    p.api_key.as_deref(),
+                    "api-key",
+                    &p.headers,
+                    &p.timeouts,
+                )?;
+                ProviderKind::Azure {
+                    http,
+                    api_version: p.api_version.clone(),
+                }
+            }
+            ProviderSection::Simulated(s) => {
+                if !(s.tokens_per_second >= 0.0 && s.tokens_per_second.is_finite()) {
+                    let line = locate::map_entry_key(
+                        self.text,
+                        "providers",
+                        name,
+                        Some("tokens_per_second"),
+                    );
+                    self.error(
+                        line,
+                        format!("providers.{name}.tokens_per_second"),
+                        "must be zero or a positive number",
+                    );
+                    return None;
+                }
+                ProviderKind::Simulated(s.clone())
+            }
+        };
+        Some(ProviderSpec {
+            name: name.to_owned(),
+            kind,
+        })
+    }
+
+    fn http(
+        &mut self,
+        name: &str,
+        base_url: &str,
+        api_key: Option<&str>,
+        auth_header: &str,
+        headers: &std::collections::BTreeMap<String, String>,
+        timeouts: &TimeoutSection,
+    ) -> Option<HttpSpec> {
+        let at = |key: &str| locate::map_entry_key(self.text, "providers", name, Some(key));
+        let path = |key: &str| format!("providers.{name}.{key}");
+        let url_line = at("base_url");
+        let base_url = self.plain(base_url, url_line, &path("base_url"))?;
+        let ok_url = base_url.parse::<Uri>().ok().filter(|u| {
+            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
+        });
+        if ok_url.is_none() {
+            self.error(
+                url_line,
+                path("base_url"),
+                format!("`{base_url}` is not an http:// or https:// URL"),
+            );
+            return None;
+        }
+        let key = match api_key {
+            Some(k) => self.secret(k, at("api_key"), &path("api_key"))?,
+            None => KeyState::NotNeeded,
+        };
+        let Ok(auth_header) = HeaderName::from_bytes(auth_header.as_bytes()) else {
+            self.error(
+                at("auth_header"),
+                path("auth_header"),
+                format!("`{auth_header}` is not a valid header name"),
+            );
+            return None;
+        };
+        let mut parsed = Vec::new();
+        for (k, v) in headers {
+            let v = self.plain(v, at("headers"), &path("headers"))?;
+            match (
+                HeaderName::from_bytes(k.as_bytes()),
+                HeaderValue::from_str(&v),
+            ) {
+                (Ok(n), Ok(v)) => parsed.push((n, v)),
+                _ => self.error(
+                    at("headers"),
+                    format!("providers.{name}.headers.{k}"),
+                    "is not a valid HTTP header",
+                ),
+            }
+        }
+        Some(HttpSpec {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            key,
+            auth_header,
+            headers: parsed,
+            timeouts: Timeouts {
+                connect: timeouts.connect.0,
+                first_byte: timeouts.first_byte.0,
+                idle: timeouts.idle.0,
+                total: timeouts.total.0,
+            },
+        })
+    }
+
+    fn models(&mut self, raw: &FileConfig) -> Vec<ModelSpec> {
+        let mut names = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for (i, m) in raw.models.iter().enumerate() {
+            let at = |key: &str| locate::list_item_key(self.text, "models", i, key);
+            if m.name.trim().is_empty() {
+                self.error(at("name"), format!("models[{i}].name"), "must not be empty");
+            }
+            if !raw.providers.contains_key(&m.provider) {
+                let known: Vec<&str> = raw.providers.keys().map(String::as_str).collect();
+                self.error(
+                    at("provider"),
+                    format!("models[{i}].provider"),
+                    format!(
+                        "unknown provider `{}` (configured: {})",
+                        m.provider,
+                        known.join(", ")
+                    ),
+                );
+            }
+            for n in std::iter::once(&m.name).chain(&m.aliases) {
+                if !names.insert(n.clone()) {
+                    self.error(
+                        at("name"),
+                        format!("models[{i}]"),
+                        format!("the name `{n}` is used twice"),
+                    );
+                }
+            }
+            out.push(ModelSpec {
+                name: m.name.clone(),
+                provider: m.provider.clone(),
+                upstream_model: m.upstream_model.clone().unwrap_or_else(|| m.name.clone()),
+                aliases: m.aliases.clone(),
+            });
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "OPENAI_API_KEY").then(|| "sk-test".to_owned())
+    }
+
+    const GOOD: &str = r#"
+server:
+  listen: 127.0.0.1:0
+  max_body: 1MiB
+providers:
+  sim: { kind: simulated, completion_tokens: 4 }
+  openai:
+    kind: openai
+    api_key: ${OPENAI_API_KEY}
+  anthropic:
+    kind: openai
+    base_url: https://api.anthropic.com/v1
+    api_key: ${ANTHROPIC_API_KEY}
+models:
+  - name: sim-small
+    provider: sim
+    aliases: [default]
+  - name: gpt-4o
+    provider: openai
+  - name: claude
+    provider: anthropic
+    upstream_model: claude-sonnet-4-5
+"#;
+
+    #[test]
+    fn good_config_resolves_keys_and_defaults() {
+        let cfg = parse(GOOD, &env).unwrap();
+        assert_eq!(cfg.server.max_body, 1 << 20);
+        assert_eq!(cfg.models.len(), 3);
+        assert_eq!(cfg.models[2].upstream_model, "claude-sonnet-4-5");
+        let by_name = |n: &str| cfg.providers.iter().find(|p| p.name == n).unwrap();
+        match &by_name("openai").kind {
+            ProviderKind::OpenAi(h) => {
+                assert!(matches!(&h.key, KeyState::Set(s) if s.expose() == "sk-test"));
+                assert_eq!(h.base_url, "https://api.openai.com/v1");
+            }
+            other => panic!("{other:?}"),
+        }
+        match &by_name("anthropic").kind {
+            ProviderKind::OpenAi(h) => {
+                assert!(matches!(&h.key, KeyState::Missing(v) if v == &["ANTHROPIC_API_KEY"]))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_provider_points_at_its_line() {
+        let text = GOOD.replace("provider: anthropic", "provider: antropic");
+        let errs = parse(&text, &env).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "models[2].provider");
+        let expected = text.lines().position(|l| l.contains("antropic")).unwrap() + 1;
+        assert_eq!(errs[0].line, Some(expected));
+        assert!(errs[0].message.contains("antropic"));
+    }
+
+    #[test]
+    fn typo_in_a_key_is_reported_with_line_and_column() {
+        let text = GOOD.replace("max_body:", "max_bdy:");
+        let errs = parse(&text, &env).unwrap_err();
+        assert_eq!(errs[0].line, Some(4), "{errs:?}");
+        assert!(errs[0].message.contains("max_bdy"), "{}", errs[0].message);
+    }
+
+    #[test]
+    fn literal_secret_is_rejected() {
+        let text = GOOD.replace("${OPENAI_API_KEY}", "sk-live-123");
+        let errs = parse(&text, &env).unwrap_err();
+        assert_eq!(errs[0].path, "providers.openai.api_key");
+        assert!(!errs[0].to_string().contains("sk-live-123"));
+    }
+
+    #[test]
+    fn several_mistakes_are_all_reported() {
+        let text = GOOD
+            .replace("listen: 127.0.0.1:0", "listen: nowhere")
+            .replace("provider: sim", "provider: nope")
+            .replace("https://api.anthropic.com/v1", "ftp://x");
+        let errs = parse(&text, &env).unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"server.listen"), "{paths:?}");
+        assert!(paths.contains(&"models[0].provider"), "{paths:?}");
+        assert!(paths.contains(&"providers.anthropic.base_url"), "{paths:?}");
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        let text = GOOD.replace("aliases: [default]", "aliases: [gpt-4o]");
+        let errs = parse(&text, &env).unwrap_err();
+        assert!(errs[0].message.contains("gpt-4o"));
+    }
+
+    #[test]
+    fn unknown_provider_kind_is_a_clear_error() {
+        let text = GOOD.replace("kind: simulated", "kind: telepathy");
+        let errs = parse(&text, &env).unwrap_err();
+        assert!(errs[0].message.contains("telepathy"), "{}", errs[0].message);
+        assert!(errs[0].line.is_some());
+    }
+
+    #[test]
+    fn shipped_default_config_is_valid_without_any_keys() {
+        let text = include_str!("../../config/tollgate.yaml");
+        let cfg = parse(text, &|_| None).unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(cfg.models.iter().any(|m| m.provider == "sim"));
+    }
+}

@@ -1,0 +1,218 @@
+//! The YAML file's shape, as written by the operator. Strings that may hold
+//! `${VAR}` references are interpolated by `config::load`, not here.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::units::{ByteSize, Dur};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub auth: AuthSection,
+    #[serde(default)]
+    pub logging: LoggingSection,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderSection>,
+    #[serde(default)]
+    pub models: Vec<ModelSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    #[serde(default = "default_max_header")]
+    pub max_header_bytes: ByteSize,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Dur,
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        ServerSection {
+            listen: default_listen(),
+            max_body: default_max_body(),
+            max_header_bytes: default_max_header(),
+            request_timeout: default_request_timeout(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:4000".into()
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(10 << 20)
+}
+fn default_max_header() -> ByteSize {
+    ByteSize(32 << 10)
+}
+fn default_request_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(600))
+}
+fn default_shutdown_grace() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Gateway keys clients must present; empty means no authentication.
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoggingSection {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `tollgate=debug,hyper=warn`; RUST_LOG overrides it.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ProviderSection {
+    /// The OpenAI API or any OpenAI-compatible server.
+    Openai(HttpProviderSection),
+    /// Azure OpenAI: deployment URLs, `api-version`, `api-key` header.
+    Azure(AzureSection),
+    /// Built in, no network.
+    Simulated(SimulatedSection),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpProviderSection {
+    #[serde(default = "default_openai_base")]
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Header that carries the key: `authorization` (as `Bearer <key>`, the default) or any other name (the key as is).
+    #[serde(default)]
+    pub auth_header: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: TimeoutSection,
+}
+
+fn default_openai_base() -> String {
+    "https://api.openai.com/v1".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureSection {
+    /// `https://{resource}.openai.azure.com`
+    pub base_url: String,
+    #[serde(default = "default_azure_version")]
+    pub api_version: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: TimeoutSection,
+}
+
+fn default_azure_version() -> String {
+    "2024-10-21".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutSection {
+    #[serde(default = "d5")]
+    pub connect: Dur,
+    #[serde(default = "d60")]
+    pub first_byte: Dur,
+    #[serde(default = "d60")]
+    pub idle: Dur,
+    #[serde(default = "d600")]
+    pub total: Dur,
+}
+
+impl Default for TimeoutSection {
+    fn default() -> Self {
+        TimeoutSection {
+            connect: d5(),
+            first_byte: d60(),
+            idle: d60(),
+            total: d600(),
+        }
+    }
+}
+
+fn d5() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+fn d60() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
+fn d600() -> Dur {
+    Dur(std::time::Duration::from_secs(600))
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedSection {
+    /// Time to first token.
+    #[serde(default)]
+    pub ttft: Option<Dur>,
+    /// Streaming speed; 0 (the default) sends every token at once.
+    #[serde(default)]
+    pub tokens_per_second: f64,
+    /// Reply text; by default a deterministic sentence about the prompt.
+    #[serde(default)]
+    pub reply: Option<String>,
+    /// Tokens in each reply (capped by the request's max_tokens).
+    #[serde(default = "default_sim_tokens")]
+    pub completion_tokens: u32,
+    /// Length of simulated embedding vectors.
+    #[serde(default = "default_sim_dims")]
+    pub embedding_dimensions: u32,
+}
+
+fn default_sim_tokens() -> u32 {
+    16
+}
+fn default_sim_dims() -> u32 {
+    16
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// The name clients send as `model`.
+    pub name: String,
+    /// A key of `providers`.
+    pub provider: String,
+    /// The model name the upstream expects (Azure: the deployment); defaults to `name`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+    /// Other names clients may use for this model.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}

@@ -1,0 +1,229 @@
+//! The Prometheus registry behind `/metrics`. Labels are bounded: endpoint,
+//! configured model and provider names, and status; never request ids or keys.
+
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::api::Usage;
+
+/// Who served a request, as metric labels.
+#[derive(Debug, Clone, Copy)]
+pub struct Labels<'a> {
+    pub endpoint: &'a str,
+    pub model: &'a str,
+    pub provider: &'a str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    tokens: IntCounterVec,
+    upstream_errors: IntCounterVec,
+    in_flight: IntGauge,
+}
+
+/// Decrements the in-flight gauge when the request, stream included, is over.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Request durations from 5 ms to 5 minutes: LLM calls span that range.
+const DURATION_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(Opts::new("tollgate_requests_total", "Requests answered, by endpoint, model, provider and HTTP status (499: the client went away)"), &["endpoint", "model", "provider", "status"]).expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_request_duration_seconds",
+                "Time from request to the last byte of the answer",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["endpoint", "model", "provider"],
+        )
+        .expect("valid metric");
+        let ttft = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_time_to_first_token_seconds",
+                "Time from request to the first streamed chunk",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["endpoint", "model", "provider"],
+        )
+        .expect("valid metric");
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tokens_total",
+                "Tokens reported by upstreams, by model, provider and type (prompt, completion)",
+            ),
+            &["model", "provider", "type"],
+        )
+        .expect("valid metric");
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_errors_total",
+                "Upstream failures by provider and kind",
+            ),
+            &["provider", "kind"],
+        )
+        .expect("valid metric");
+        let in_flight = IntGauge::new(
+            "tollgate_in_flight_requests",
+            "Requests being served now, streams included",
+        )
+        .expect("valid metric");
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_build_info",
+                "Always 1; the version label says which tollgate runs",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(ttft.clone()),
+            Box::new(tokens.clone()),
+            Box::new(upstream_errors.clone()),
+            Box::new(in_flight.clone()),
+            Box::new(build),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            ttft,
+            tokens,
+            upstream_errors,
+            in_flight,
+        }
+    }
+
+    /// Records one finished request. `status` is an HTTP status, or 499 when the client left.
+    pub fn request(&self, labels: Labels<'_>, status: u16, elapsed: Duration) {
+        self.requests
+            .with_label_values(&[
+                labels.endpoint,
+                labels.model,
+                labels.provider,
+                &status_label(status),
+            ])
+            .inc();
+        self.duration
+            .with_label_values(&[labels.endpoint, labels.model, labels.provider])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn first_token(&self, labels: Labels<'_>, elapsed: Duration) {
+        self.ttft
+            .with_label_values(&[labels.endpoint, labels.model, labels.provider])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn usage(&self, labels: Labels<'_>, usage: &Usage) {
+        if usage.prompt_tokens > 0 {
+            self.tokens
+                .with_label_values(&[labels.model, labels.provider, "prompt"])
+                .inc_by(usage.prompt_tokens);
+        }
+        if usage.completion_tokens > 0 {
+            self.tokens
+                .with_label_values(&[labels.model, labels.provider, "completion"])
+                .inc_by(usage.completion_tokens);
+        }
+    }
+
+    pub fn upstream_error(&self, provider: &str, kind: &str) {
+        self.upstream_errors
+            .with_label_values(&[provider, kind])
+            .inc();
+    }
+
+    /// Counts a request as in flight until the guard is dropped.
+    pub fn start(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// The Prometheus text exposition format.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(8192);
+        // Encoding into a Vec only fails on invalid metric data, which the registry rules out.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Common statuses without a per-request allocation.
+fn status_label(status: u16) -> std::borrow::Cow<'static, str> {
+    match status {
+        200 => "200".into(),
+        400 => "400".into(),
+        401 => "401".into(),
+        404 => "404".into(),
+        413 => "413".into(),
+        429 => "429".into(),
+        499 => "499".into(),
+        502 => "502".into(),
+        503 => "503".into(),
+        504 => "504".into(),
+        other => other.to_string().into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_histograms_with_types() {
+        let m = Metrics::new();
+        let l = Labels {
+            endpoint: "chat",
+            model: "m",
+            provider: "p",
+        };
+        m.request(l, 200, Duration::from_millis(30));
+        m.request(l, 499, Duration::from_millis(10));
+        m.usage(l, &Usage::new(5, 7));
+        let text = String::from_utf8(m.render()).unwrap();
+        assert!(text.contains("# TYPE tollgate_requests_total counter"));
+        assert!(text.contains("# TYPE tollgate_request_duration_seconds histogram"));
+        assert!(
+            text.contains(
+                r#"tollgate_requests_total{endpoint="chat",model="m",provider="p",status="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"status="499"} 1"#));
+        assert!(
+            text.contains(r#"tollgate_tokens_total{model="m",provider="p",type="completion"} 7"#)
+        );
+        assert!(text.contains(
+            r#"tollgate_request_duration_seconds_count{endpoint="chat",model="m",provider="p"} 2"#
+        ));
+    }
+}

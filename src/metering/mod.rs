@@ -1,0 +1,6 @@
+//! Metering: Prometheus metrics now; usage ledger, prices and tokenizer
+//! fallback arrive with the metering work.
+
+pub mod metrics;
+
+pub use metrics::{Labels, Metrics};

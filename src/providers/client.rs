@@ -1,0 +1,170 @@
+//! The pooled HTTP client every network provider uses: keep-alive, HTTP/1.1
+//! and HTTP/2 (ALPN), TLS with rustls, and the upstream timeouts (connect,
+//! first byte, idle gap between chunks, whole answer).
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::{Instant, timeout_at};
+
+use super::error::{TimeoutPhase, UpstreamError};
+use crate::config::Timeouts;
+
+#[derive(Clone)]
+pub struct UpstreamClient {
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    provider: std::sync::Arc<str>,
+    timeouts: Timeouts,
+}
+
+impl UpstreamClient {
+    pub fn new(provider: &str, timeouts: Timeouts) -> Self {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(timeouts.connect));
+        http.set_nodelay(true);
+        http.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let inner = Client::builder(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(1024)
+            .build(https);
+        UpstreamClient {
+            inner,
+            provider: provider.into(),
+            timeouts,
+        }
+    }
+
+    pub fn provider(&self) -> &str {
+        &self.provider
+    }
+
+    /// The deadline for the whole answer: the provider's total timeout or the gateway's, whichever is first.
+    pub fn total_deadline(&self, gateway_deadline: Instant) -> Instant {
+        (Instant::now() + self.timeouts.total).min(gateway_deadline)
+    }
+
+    /// Sends a request and waits for the response head within the first-byte timeout.
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        deadline: Instant,
+    ) -> Result<Response<Incoming>, UpstreamError> {
+        let limit = (Instant::now() + self.timeouts.first_byte).min(deadline);
+        match timeout_at(limit, self.inner.request(req)).await {
+            Err(_) => Err(self.timeout(TimeoutPhase::FirstByte, self.timeouts.first_byte)),
+            Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
+                provider: self.provider.to_string(),
+                detail: causes(&e),
+            }),
+            Ok(Err(e)) => Err(UpstreamError::Dropped {
+                provider: self.provider.to_string(),
+                detail: causes(&e),
+            }),
+            Ok(Ok(resp)) => Ok(resp),
+        }
+    }
+
+    /// The next chunk of a body, within the idle-gap timeout and the deadline. `None` at the end.
+    pub async fn next_chunk(
+        &self,
+        body: &mut Incoming,
+        deadline: Instant,
+    ) -> Result<Option<Bytes>, UpstreamError> {
+        loop {
+            let idle_limit = Instant::now() + self.timeouts.idle;
+            let (limit, phase) = if idle_limit < deadline {
+                (idle_limit, TimeoutPhase::IdleGap)
+            } else {
+                (deadline, TimeoutPhase::Total)
+            };
+            let frame = match timeout_at(limit, body.frame()).await {
+                Err(_) => {
+                    let secs = if phase == TimeoutPhase::IdleGap {
+                        self.timeouts.idle
+                    } else {
+                        self.timeouts.total
+                    };
+                    return Err(self.timeout(phase, secs));
+                }
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => {
+                    return Err(UpstreamError::Dropped {
+                        provider: self.provider.to_string(),
+                        detail: causes(&e),
+                    });
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                return Ok(Some(data));
+            }
+            // Trailers carry nothing tollgate uses.
+        }
+    }
+
+    /// Reads a whole body, refusing more than `limit` bytes.
+    pub async fn read_body(
+        &self,
+        mut body: Incoming,
+        limit: usize,
+        deadline: Instant,
+    ) -> Result<Bytes, UpstreamError> {
+        let mut first: Option<Bytes> = None;
+        let mut buf = BytesMut::new();
+        while let Some(chunk) = self.next_chunk(&mut body, deadline).await? {
+            let total = first.as_ref().map_or(0, Bytes::len) + buf.len() + chunk.len();
+            if total > limit {
+                return Err(UpstreamError::Protocol {
+                    provider: self.provider.to_string(),
+                    detail: format!("the answer is larger than {limit} bytes"),
+                });
+            }
+            // Most answers arrive in one chunk: keep it without copying.
+            match first.take() {
+                None if buf.is_empty() => first = Some(chunk),
+                prev => {
+                    if let Some(p) = prev {
+                        buf.extend_from_slice(&p);
+                    }
+                    buf.extend_from_slice(&chunk);
+                }
+            }
+        }
+        Ok(first.unwrap_or_else(|| buf.freeze()))
+    }
+
+    fn timeout(&self, phase: TimeoutPhase, after: Duration) -> UpstreamError {
+        UpstreamError::Timeout {
+            provider: self.provider.to_string(),
+            phase,
+            secs: after.as_secs_f64(),
+        }
+    }
+}
+
+/// The error and its causes on one line. hyper's errors name no URL or header.
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,98 @@
+//! Upstream failures, and how each one reaches the client.
+
+use http::StatusCode;
+
+use crate::api::{ApiError, ErrorKind};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// The upstream answered with an error status; `error` is what the client sees.
+    #[error("upstream answered {}: {}", .error.status, .error.message)]
+    Status { error: ApiError },
+    #[error("cannot connect to provider `{provider}`: {detail}")]
+    Connect { provider: String, detail: String },
+    #[error("provider `{provider}` sent no {phase} within {secs:.1}s")]
+    Timeout {
+        provider: String,
+        phase: TimeoutPhase,
+        secs: f64,
+    },
+    /// The connection broke or closed before the answer was complete.
+    #[error("provider `{provider}` closed the connection before the answer was complete: {detail}")]
+    Dropped { provider: String, detail: String },
+    /// The upstream sent something that is not its protocol.
+    #[error("provider `{provider}` sent an invalid response: {detail}")]
+    Protocol { provider: String, detail: String },
+    /// The provider cannot be used as configured (a missing key).
+    #[error("{0}")]
+    NotConfigured(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutPhase {
+    FirstByte,
+    IdleGap,
+    Total,
+}
+
+impl std::fmt::Display for TimeoutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TimeoutPhase::FirstByte => "first byte",
+            TimeoutPhase::IdleGap => "data between stream chunks",
+            TimeoutPhase::Total => "complete answer",
+        })
+    }
+}
+
+impl UpstreamError {
+    /// A bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            UpstreamError::Status { error } if error.status == StatusCode::TOO_MANY_REQUESTS => {
+                "rate_limited"
+            }
+            UpstreamError::Status { error } if error.status.is_server_error() => "status_5xx",
+            UpstreamError::Status { .. } => "status_4xx",
+            UpstreamError::Connect { .. } => "connect",
+            UpstreamError::Timeout { .. } => "timeout",
+            UpstreamError::Dropped { .. } => "dropped",
+            UpstreamError::Protocol { .. } => "protocol",
+            UpstreamError::NotConfigured(_) => "not_configured",
+        }
+    }
+
+    /// The error the client sees. Messages name the provider, never its URL or key.
+    pub fn to_api_error(&self) -> ApiError {
+        match self {
+            UpstreamError::Status { error } => error.clone(),
+            UpstreamError::Connect { .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Upstream,
+                self.to_string(),
+            )
+            .with_code("upstream_unreachable"),
+            UpstreamError::Timeout { .. } => ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                ErrorKind::Timeout,
+                self.to_string(),
+            )
+            .with_code("upstream_timeout"),
+            UpstreamError::Dropped { .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Upstream,
+                self.to_string(),
+            )
+            .with_code("upstream_disconnected"),
+            UpstreamError::Protocol { .. } => ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Upstream,
+                self.to_string(),
+            )
+            .with_code("upstream_invalid_response"),
+            UpstreamError::NotConfigured(msg) => {
+                ApiError::unavailable(msg.clone()).with_code("provider_not_configured")
+            }
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The provider trait and one module per upstream.
+//!
+//! A provider adapter is the only place that knows an upstream's wire format:
+//! it takes a canonical (OpenAI) request, talks to its upstream, and answers
+//! canonical JSON bodies or canonical stream chunks.
+
+pub mod azure;
+mod client;
+pub mod error;
+pub mod openai;
+pub mod simulated;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::time::Instant;
+
+use crate::api::{ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
+use crate::config::{ProviderKind, ProviderSpec};
+
+pub use client::UpstreamClient;
+pub use error::UpstreamError;
+
+/// What a provider needs to know about the call besides the request body.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub request_id: &'a str,
+    /// The name the upstream knows the model by (Azure: the deployment).
+    pub upstream_model: &'a str,
+    /// The name the client asked for; simulated answers echo it.
+    pub requested_model: &'a str,
+    /// The gateway's deadline for the whole request.
+    pub deadline: Instant,
+}
+
+/// An upstream's answer in canonical form.
+pub enum Reply {
+    /// A complete OpenAI-shaped JSON body.
+    Complete { body: Bytes, usage: Option<Usage> },
+    /// OpenAI chunks, one JSON object each, ending when the stream is done.
+    Stream(EventStream),
+}
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, UpstreamError>> + Send>>;
+
+/// One OpenAI stream chunk.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    /// The chunk's JSON, without the `data: ` framing.
+    pub data: Bytes,
+    /// Usage, when this chunk carries it.
+    pub usage: Option<Usage>,
+    /// The final usage chunk (`choices: []`), which the client sees only if it asked.
+    pub usage_only: bool,
+}
+
+impl StreamEvent {
+    pub fn content(data: Bytes) -> Self {
+        StreamEvent {
+            data,
+            usage: None,
+            usage_only: false,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync {
+    async fn chat(&self, call: Call<'_>, req: ChatRequest) -> Result<Reply, UpstreamError>;
+    async fn completions(
+        &self,
+        call: Call<'_>,
+        req: CompletionRequest,
+    ) -> Result<Reply, UpstreamError>;
+    async fn embeddings(
+        &self,
+        call: Call<'_>,
+        req: EmbeddingsRequest,
+    ) -> Result<Reply, UpstreamError>;
+}
+
+/// Builds the adapter a provider's config describes.
+pub fn build(spec: &ProviderSpec) -> Arc<dyn Provider> {
+    match &spec.kind {
+        ProviderKind::OpenAi(http) => Arc::new(openai::OpenAiProvider::new(
+            &spec.name,
+            http.clone(),
+            openai::Flavor::OpenAi,
+        )),
+        ProviderKind::Azure { http, api_version } => {
+            Arc::new(azure::new(&spec.name, http.clone(), api_version))
+        }
+        ProviderKind::Simulated(sim) => Arc::new(simulated::SimulatedProvider::new(sim.clone())),
+    }
+}

@@ -1,0 +1,80 @@
+//! Health, readiness, metrics and the model list.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::header::CONTENT_TYPE;
+use http::{HeaderValue, StatusCode};
+
+use super::respond;
+use super::state::Gateway;
+use crate::api::ApiError;
+use crate::api::models::{ModelEntry, ModelList};
+
+pub async fn health() -> Response {
+    respond::json(StatusCode::OK, r#"{"status":"ok"}"#)
+}
+
+pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
+    if gw.is_ready() {
+        respond::json(StatusCode::OK, r#"{"status":"ready"}"#)
+    } else {
+        respond::error(
+            &ApiError::unavailable("tollgate is starting or draining").with_code("not_ready"),
+        )
+    }
+}
+
+pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    let mut resp = Response::new(gw.metrics.render().into());
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}
+
+/// Configured models and aliases, in OpenAI's list shape. `created` is the
+/// gateway's start: tollgate does not know when an upstream made a model.
+pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
+    let created = started_at();
+    let data = gw
+        .resolver
+        .listed()
+        .into_iter()
+        .map(|(id, owned_by)| ModelEntry {
+            id,
+            object: "model",
+            created,
+            owned_by,
+        })
+        .collect();
+    let body = serde_json::to_vec(&ModelList {
+        object: "list",
+        data,
+    })
+    .unwrap_or_default();
+    respond::json(StatusCode::OK, body)
+}
+
+fn started_at() -> u64 {
+    use std::sync::OnceLock;
+    static STARTED: OnceLock<u64> = OnceLock::new();
+    *STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    })
+}
+
+pub async fn not_found(req: Request) -> Response {
+    respond::error(&ApiError::not_found(req.uri().path()))
+}
+
+pub async fn method_not_allowed(req: Request) -> Response {
+    respond::error(&ApiError::method_not_allowed(
+        req.method(),
+        req.uri().path(),
+    ))
+}
