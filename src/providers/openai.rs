@@ -190,7 +190,7 @@ impl OpenAiProvider {
         stream: bool,
     ) -> Result<Reply, UpstreamError> {
         let req = self.request(&call, endpoint, body, stream)?;
-        let deadline = self.client.total_deadline(call.deadline);
+        let deadline = self.client.total_deadline();
         let resp = self.client.send(req, deadline).await?;
         let status = resp.status();
         let (parts, body) = resp.into_parts();
@@ -473,14 +473,52 @@ enum UpstreamErrorInner {
     Text(String),
 }
 
+/// Seconds to wait, from `retry-after`, `retry-after-ms`, or else OpenAI's
+/// `x-ratelimit-reset-*` of whichever limit is exhausted.
 fn retry_after(headers: &HeaderMap) -> Option<u64> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(secs) = get("retry-after").and_then(|v| v.trim().parse::<f64>().ok()) {
         return Some(secs.ceil() as u64);
     }
-    get("retry-after-ms")
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map(|ms| (ms / 1000.0).ceil() as u64)
+    if let Some(ms) = get("retry-after-ms").and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Some((ms / 1000.0).ceil() as u64);
+    }
+    ["requests", "tokens"]
+        .iter()
+        .filter(|limit| {
+            get(&format!("x-ratelimit-remaining-{limit}")).is_some_and(|r| r.trim() == "0")
+        })
+        .filter_map(|limit| get(&format!("x-ratelimit-reset-{limit}")).and_then(go_duration_secs))
+        .reduce(f64::max)
+        .map(|secs| secs.ceil() as u64)
+}
+
+/// Parses Go-style durations as OpenAI sends them: `8.64s`, `6m0s`, `120ms`, `1h2m3s`.
+fn go_duration_secs(text: &str) -> Option<f64> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    while !rest.is_empty() {
+        let split = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let value: f64 = rest[..split].parse().ok()?;
+        let unit_end = rest[split..]
+            .find(|c: char| c.is_ascii_digit())
+            .map_or(rest.len(), |i| split + i);
+        let scale = match &rest[split..unit_end] {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => return None,
+        };
+        total += value * scale;
+        rest = &rest[unit_end..];
+    }
+    Some(total)
 }
 
 #[async_trait]
@@ -587,5 +625,23 @@ mod tests {
         assert_eq!(retry_after(&h), Some(2));
         h.insert("retry-after", HeaderValue::from_static("7"));
         assert_eq!(retry_after(&h), Some(7));
+    }
+
+    #[test]
+    fn retry_after_from_exhausted_openai_limit() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("x-ratelimit-remaining-requests", "9998"),
+            ("x-ratelimit-reset-requests", "8.64s"),
+            ("x-ratelimit-remaining-tokens", "0"),
+            ("x-ratelimit-reset-tokens", "1.2s"),
+        ] {
+            h.insert(k, HeaderValue::from_static(v));
+        }
+        assert_eq!(retry_after(&h), Some(2), "only the exhausted limit counts");
+        assert_eq!(go_duration_secs("6m0s"), Some(360.0));
+        assert_eq!(go_duration_secs("120ms"), Some(0.12));
+        assert_eq!(go_duration_secs("1h2m3s"), Some(3723.0));
+        assert_eq!(go_duration_secs("soon"), None);
     }
 }

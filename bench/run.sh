@@ -1,0 +1,286 @@
+#!/usr/bin/env bash
+# tollgate's benchmark harness: the gateway's overhead over a direct call to a
+# (very fast) mock OpenAI upstream. A benchmark, not a test: never run from CI.
+#
+#   bench/run.sh                      # 10 s per scenario, ~3 minutes in all
+#   BENCH_SECONDS=5 bench/run.sh      # shorter
+#
+# Environment knobs (all optional):
+#   BENCH_SECONDS      measured seconds per scenario            (10)
+#   BENCH_WARMUP       warm-up seconds before each scenario     (1)
+#   BENCH_CONCURRENCY  client concurrencies                     ("1 16 64")
+#   BENCH_CHUNKS       content chunks per streamed answer       (20)
+#   BENCH_SLOW_CONNS   concurrent slow streams                  (1000)
+#   BENCH_SLOW_MS      mock's gap between slow-stream events    (100)
+#   BENCH_SLOW_SECONDS duration of the slow-stream scenario     (10)
+#   BENCH_SKIP_BUILD   1 = use the binaries already built
+#   BENCH_OUT          results directory        (bench/results/<timestamp>)
+#   BENCH_PORT_BASE    first of four loopback ports used        (19180)
+#   BENCH_PERF         1 = also `perf record -g` tollgate during the c=16
+#                      non-streaming run (perf.data in BENCH_OUT)
+#
+# Core pinning (the machine this was written for has 2 cores): the mock and
+# the load generator (oha) share core 0, tollgate alone has core 1.
+
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+SECONDS_PER=${BENCH_SECONDS:-10}
+WARMUP=${BENCH_WARMUP:-1}
+CONCURRENCY=${BENCH_CONCURRENCY:-"1 16 64"}
+CHUNKS=${BENCH_CHUNKS:-20}
+SLOW_CONNS=${BENCH_SLOW_CONNS:-1000}
+SLOW_MS=${BENCH_SLOW_MS:-100}
+SLOW_SECONDS=${BENCH_SLOW_SECONDS:-10}
+PORT_BASE=${BENCH_PORT_BASE:-19180}
+MOCK_PORT=$PORT_BASE
+SLOW_MOCK_PORT=$((PORT_BASE + 1))
+GW_PORT=$((PORT_BASE + 2))
+SLOW_GW_PORT=$((PORT_BASE + 3))
+OUT=${BENCH_OUT:-"$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)"}
+CLK_TCK=$(getconf CLK_TCK)
+MOCK_CORE=0
+GW_CORE=1
+LOAD_CORE=0
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+NPROC=$(nproc)
+[ "$NPROC" -ge 2 ] || die "needs at least 2 cores for the pinning (found $NPROC)"
+command -v taskset >/dev/null || die "taskset is missing (util-linux)"
+command -v curl >/dev/null || die "curl is missing"
+command -v python3 >/dev/null || die "python3 is missing"
+
+# 1. Binaries: one cargo invocation for both.
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+    log "building tollgate and the mock upstream (release)"
+    cargo build --release --example mock_upstream --bin tollgate
+fi
+TOLLGATE=$ROOT/target/release/tollgate
+MOCK=$ROOT/target/release/examples/mock_upstream
+[ -x "$TOLLGATE" ] || die "$TOLLGATE not built"
+[ -x "$MOCK" ] || die "$MOCK not built"
+
+# 2. The load generator.
+if ! command -v oha >/dev/null; then
+    log "installing oha (cargo install oha --locked; takes a few minutes)"
+    cargo install oha --locked
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+OHA_VERSION=$(oha --version 2>/dev/null | head -n1)
+OHA_HELP=$(oha --help 2>&1)
+if grep -q -- '--output-format' <<<"$OHA_HELP"; then
+    OHA_JSON=(--output-format json)
+else
+    OHA_JSON=(-j)
+fi
+OHA_EXTRA=(--no-tui)
+# Let requests in flight at the deadline finish instead of counting them as errors.
+if grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$OHA_HELP"; then
+    OHA_EXTRA+=(--wait-ongoing-requests-after-deadline)
+fi
+
+# 3. Files and processes.
+mkdir -p "$OUT"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
+PIDS=()
+cleanup() {
+    for pid in "${PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Room for 1,000 client + 1,000 upstream sockets per process.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+[ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((SLOW_CONNS * 2 + 256)) ] ||
+    log "warning: ulimit -n is $(ulimit -n); the $SLOW_CONNS-stream scenario may run out of sockets"
+
+cat >"$WORK/tollgate.yaml" <<EOF
+# Written by bench/run.sh: tollgate in front of the mock upstream.
+server:
+  listen: 127.0.0.1:$GW_PORT
+  request_timeout: 600s
+logging:
+  format: pretty
+  level: warn
+providers:
+  mock:
+    kind: openai
+    base_url: http://127.0.0.1:$MOCK_PORT/v1
+  mock-slow:
+    kind: openai
+    base_url: http://127.0.0.1:$SLOW_MOCK_PORT/v1
+models:
+  - name: bench
+    provider: mock
+    upstream_model: gpt-4o-mini
+  - name: bench-slow
+    provider: mock-slow
+    upstream_model: gpt-4o-mini
+EOF
+cp "$WORK/tollgate.yaml" "$OUT/tollgate.yaml"
+
+wait_port() {
+    local port=$1 i
+    for i in $(seq 1 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    die "nothing listens on 127.0.0.1:$port"
+}
+
+start_mock() { # port extra-args... ; sets LAST_PID
+    local port=$1
+    shift
+    taskset -c "$MOCK_CORE" "$MOCK" --listen "127.0.0.1:$port" --chunks "$CHUNKS" "$@" \
+        >>"$OUT/mock.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    wait_port "$port"
+}
+
+start_gateway() { # port ; sets LAST_PID
+    RUST_LOG=warn taskset -c "$GW_CORE" "$TOLLGATE" serve --config "$WORK/tollgate.yaml" \
+        --listen "127.0.0.1:$1" >>"$OUT/tollgate.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    wait_port "$1"
+}
+elapsed() { # t0 t1
+    awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'
+}
+
+cpu_ticks() { # utime + stime of a whole process (all threads), in clock ticks
+    awk '{ print $14 + $15 }' "/proc/$1/stat"
+}
+status_kib() { # /proc/PID/status field in KiB
+    awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"
+}
+reset_peak_rss() { # VmHWM := VmRSS (Linux >= 4.0); 0 on success
+    { echo 5 >"/proc/$1/clear_refs"; } 2>/dev/null
+}
+
+start_mock "$MOCK_PORT"
+MOCK_PID=$LAST_PID
+start_gateway "$GW_PORT"
+GW_PID=$LAST_PID
+GW_IDLE_RSS_KIB=$(status_kib "$GW_PID" VmRSS)
+
+BODY='{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about a fox."}],"max_tokens":64,"temperature":0.7}'
+STREAM_BODY='{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about a fox."}],"max_tokens":64,"temperature":0.7,"stream":true,"stream_options":{"include_usage":true}}'
+SLOW_BODY=${STREAM_BODY/\"model\":\"bench\"/\"model\":\"bench-slow\"}
+printf '%s' "$BODY" >"$WORK/body.json"
+printf '%s' "$STREAM_BODY" >"$WORK/stream.json"
+printf '%s' "$SLOW_BODY" >"$WORK/slow.json"
+
+# Sanity: both paths answer 200 and the stream ends with usage and [DONE].
+check() { # name url body-file
+    local code
+    code=$(curl -sS -o "$WORK/check.out" -w '%{http_code}' -H 'content-type: application/json' \
+        --data-binary "@$3" "$2") || die "$1: curl failed"
+    [ "$code" = 200 ] || die "$1: HTTP $code: $(head -c 400 "$WORK/check.out")"
+    if grep -q '"stream":true' "$3"; then
+        grep -q '"choices":\[\]' "$WORK/check.out" || die "$1: no usage chunk in the stream"
+        tail -c 20 "$WORK/check.out" | grep -q 'data: \[DONE\]' || die "$1: stream does not end with [DONE]"
+    else
+        grep -q '"usage"' "$WORK/check.out" || die "$1: no usage in the answer"
+    fi
+}
+DIRECT_URL="http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
+GW_URL="http://127.0.0.1:$GW_PORT/v1/chat/completions"
+check "direct" "$DIRECT_URL" "$WORK/body.json"
+check "direct stream" "$DIRECT_URL" "$WORK/stream.json"
+check "tollgate" "$GW_URL" "$WORK/body.json"
+check "tollgate stream" "$GW_URL" "$WORK/stream.json"
+
+oha_run() { # out-json url body-file concurrency duration-s
+    taskset -c "$LOAD_CORE" oha "${OHA_EXTRA[@]}" "${OHA_JSON[@]}" -z "${5}s" -c "$4" \
+        -m POST -H 'content-type: application/json' -D "$3" "$2" >"$1" 2>>"$OUT/oha.log" ||
+        die "oha failed (see $OUT/oha.log)"
+}
+
+META=$OUT/scenarios.jsonl
+: >"$META"
+log "results in $OUT"
+log "pinning: mock upstream + oha on core $MOCK_CORE, tollgate on core $GW_CORE; ${SECONDS_PER}s per scenario"
+
+for mode in plain stream; do
+    body=$WORK/body.json
+    [ "$mode" = stream ] && body=$WORK/stream.json
+    for c in $CONCURRENCY; do
+        for target in direct tollgate; do
+            url=$DIRECT_URL
+            [ "$target" = tollgate ] && url=$GW_URL
+            name=$mode-c$c-$target
+            log "$name"
+            [ "$WARMUP" = 0 ] || oha_run "$WORK/warmup.json" "$url" "$body" "$c" "$WARMUP"
+            reset_peak_rss "$GW_PID" && hwm_reset=true || hwm_reset=false
+            gw0=$(cpu_ticks "$GW_PID")
+            mock0=$(cpu_ticks "$MOCK_PID")
+            perf_pid=
+            if [ "${BENCH_PERF:-0}" = 1 ] && [ "$target" = tollgate ] && [ "$mode" = plain ] && [ "$c" = 16 ]; then
+                perf record -g -F 999 -p "$GW_PID" -o "$OUT/perf.data" -- sleep "$SECONDS_PER" \
+                    2>>"$OUT/perf.log" &
+                perf_pid=$!
+            fi
+            t0=$(date +%s.%N)
+            oha_run "$OUT/$name.json" "$url" "$body" "$c" "$SECONDS_PER"
+            t1=$(date +%s.%N)
+            [ -z "$perf_pid" ] || wait "$perf_pid" || true
+            gw1=$(cpu_ticks "$GW_PID")
+            mock1=$(cpu_ticks "$MOCK_PID")
+            printf '{"name":"%s","mode":"%s","concurrency":%s,"target":"%s","oha":"%s","wall_s":%s,"clk_tck":%s,"gw_cpu_ticks":%s,"mock_cpu_ticks":%s,"gw_hwm_kib":%s,"gw_rss_kib":%s,"hwm_reset":%s}\n' \
+                "$name" "$mode" "$c" "$target" "$name.json" "$(elapsed "$t0" "$t1")" "$CLK_TCK" \
+                $((gw1 - gw0)) $((mock1 - mock0)) "$(status_kib "$GW_PID" VmHWM)" \
+                "$(status_kib "$GW_PID" VmRSS)" "$hwm_reset" >>"$META"
+        done
+    done
+done
+
+# Slow streams: a fresh gateway, SLOW_CONNS streams held open at once, each
+# event SLOW_MS apart (about (CHUNKS+3) * SLOW_MS per stream).
+log "slow-$SLOW_CONNS: $SLOW_CONNS concurrent streams, ${SLOW_MS} ms between events, ${SLOW_SECONDS}s"
+start_mock "$SLOW_MOCK_PORT" --slow-ms "$SLOW_MS"
+start_gateway "$SLOW_GW_PORT"
+SLOW_GW_PID=$LAST_PID
+SLOW_URL="http://127.0.0.1:$SLOW_GW_PORT/v1/chat/completions"
+check "tollgate slow stream" "$SLOW_URL" "$WORK/slow.json"
+slow_idle=$(status_kib "$SLOW_GW_PID" VmRSS)
+gw0=$(cpu_ticks "$SLOW_GW_PID")
+# Sample the gateway's RSS and sockets while the streams are open.
+(
+    peak_fds=0
+    while kill -0 "$SLOW_GW_PID" 2>/dev/null; do
+        n=$(find "/proc/$SLOW_GW_PID/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l)
+        [ "$n" -gt "$peak_fds" ] && peak_fds=$n && echo "$peak_fds" >"$WORK/slow_fds"
+        sleep 0.5
+    done
+) &
+SAMPLER=$!
+t0=$(date +%s.%N)
+oha_run "$OUT/slow-c$SLOW_CONNS-tollgate.json" "$SLOW_URL" "$WORK/slow.json" "$SLOW_CONNS" "$SLOW_SECONDS"
+t1=$(date +%s.%N)
+gw1=$(cpu_ticks "$SLOW_GW_PID")
+kill "$SAMPLER" 2>/dev/null || true
+wait "$SAMPLER" 2>/dev/null || true
+printf '{"name":"%s","mode":"slow","concurrency":%s,"target":"tollgate","oha":"%s","wall_s":%s,"clk_tck":%s,"gw_cpu_ticks":%s,"gw_hwm_kib":%s,"gw_rss_kib":%s,"gw_idle_rss_kib":%s,"peak_fds":%s,"slow_ms":%s,"hwm_reset":false}\n' \
+    "slow-c$SLOW_CONNS-tollgate" "$SLOW_CONNS" "slow-c$SLOW_CONNS-tollgate.json" "$(elapsed "$t0" "$t1")" \
+    "$CLK_TCK" $((gw1 - gw0)) "$(status_kib "$SLOW_GW_PID" VmHWM)" "$(status_kib "$SLOW_GW_PID" VmRSS)" \
+    "$slow_idle" "$(cat "$WORK/slow_fds" 2>/dev/null || echo 0)" "$SLOW_MS" >>"$META"
+
+cat >"$OUT/machine.json" <<EOF
+{"nproc": $NPROC, "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')", "kernel": "$(uname -r)", "oha": "$OHA_VERSION", "seconds": $SECONDS_PER, "warmup": $WARMUP, "chunks": $CHUNKS, "gw_idle_rss_kib": $GW_IDLE_RSS_KIB, "mock_core": $MOCK_CORE, "gw_core": $GW_CORE, "load_core": $LOAD_CORE, "command": "BENCH_SECONDS=$SECONDS_PER bench/run.sh"}
+EOF
+
+python3 "$ROOT/bench/report.py" "$OUT" | tee "$OUT/report.md"

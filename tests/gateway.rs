@@ -1,0 +1,998 @@
+//! End-to-end behaviour of the gateway over real sockets: a real tollgate
+//! server in front of a scriptable mock OpenAI upstream.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{MockUpstream, Script, TestGateway, fixture_json, metric, sse_data};
+use futures_util::StreamExt;
+use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use serde_json::{Value, json};
+
+const GW_KEY: &str = "tg-test-key-0123456789";
+const UP_KEY: &str = "sk-upstream-secret-abcdef";
+const AZ_KEY: &str = "az-upstream-secret-123456";
+
+async fn closed_port() -> u16 {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap().port()
+}
+
+async fn setup() -> (MockUpstream, TestGateway) {
+    setup_with("request_timeout: 5s").await
+}
+
+async fn setup_with(server_extra: &str) -> (MockUpstream, TestGateway) {
+    let mock = MockUpstream::start().await;
+    let dead = closed_port().await;
+    let yaml = format!(
+        r#"
+server:
+  listen: 127.0.0.1:0
+  max_body: 64KiB
+  max_header_bytes: 8KiB
+  shutdown_grace: 5s
+  {server_extra}
+auth:
+  keys: ["${{GW_KEY}}"]
+providers:
+  up:
+    kind: openai
+    base_url: {base}
+    api_key: ${{UP_KEY}}
+    headers: {{ x-org: team-a }}
+    timeouts: {{ first_byte: 1s, idle: 1s }}
+  az:
+    kind: azure
+    base_url: http://{addr}
+    api_version: 2024-10-21
+    api_key: ${{AZ_KEY}}
+  dead:
+    kind: openai
+    base_url: http://127.0.0.1:{dead}/v1
+  nokey:
+    kind: openai
+    base_url: {base}
+    api_key: ${{NOT_SET_ANYWHERE}}
+  sim:
+    kind: simulated
+    completion_tokens: 5
+models:
+  - name: gpt-test
+    provider: up
+    upstream_model: gpt-4o-mini-2024-07-18
+    aliases: [fast]
+  - name: azure-test
+    provider: az
+    upstream_model: my-deploy
+  - name: dead-model
+    provider: dead
+  - name: nokey-model
+    provider: nokey
+  - name: sim
+    provider: sim
+"#,
+        base = mock.base_url(),
+        addr = mock.addr,
+    );
+    let gw = TestGateway::start(
+        &yaml,
+        &[("GW_KEY", GW_KEY), ("UP_KEY", UP_KEY), ("AZ_KEY", AZ_KEY)],
+    )
+    .await;
+    (mock, gw)
+}
+
+fn client() -> reqwest::Client {
+    let mut h = HeaderMap::new();
+    h.insert(
+        AUTHORIZATION,
+        HeaderValue::from_str(&format!("Bearer {GW_KEY}")).unwrap(),
+    );
+    reqwest::Client::builder()
+        .default_headers(h)
+        .build()
+        .unwrap()
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "Weather in Paris?"}]})
+}
+
+async fn assert_openai_error(resp: reqwest::Response, status: u16) -> Value {
+    assert_eq!(resp.status().as_u16(), status);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let v: Value = resp.json().await.unwrap();
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.get("param").is_some() && e.get("code").is_some(), "{v}");
+    v
+}
+
+// ---------- the happy paths ----------
+
+#[tokio::test]
+async fn chat_passes_through_exactly_what_the_client_sent() {
+    let (mock, gw) = setup().await;
+    let sent = json!({
+        "model": "fast",
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}}], "x_part_meta": {"k": 1}},
+        ],
+        "temperature": 0.2,
+        "seed": 42,
+        "logit_bias": {"50256": -100},
+        "a_vendor_field": {"nested": [1, 2, 3]},
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto",
+    });
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-request-id", "req-abc-123")
+        .json(&sent)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-request-id"], "req-abc-123");
+    assert_eq!(resp.headers()["x-tollgate-backend"], "up/gpt-test");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        body,
+        fixture_json("openai/chat_response.json"),
+        "the upstream's answer is relayed unchanged"
+    );
+
+    let got = mock.last();
+    assert_eq!(got.path, "/v1/chat/completions");
+    let mut expected = sent.clone();
+    expected["model"] = json!("gpt-4o-mini-2024-07-18");
+    assert_eq!(got.body, expected, "only `model` is rewritten");
+    assert_eq!(got.headers["authorization"], format!("Bearer {UP_KEY}"));
+    assert_eq!(got.headers["x-org"], "team-a");
+    assert_eq!(got.headers["x-request-id"], "req-abc-123");
+    assert!(
+        !got.headers.values().any(|v| v
+            .as_bytes()
+            .windows(GW_KEY.len())
+            .any(|w| w == GW_KEY.as_bytes())),
+        "the gateway key never goes upstream"
+    );
+}
+
+#[tokio::test]
+async fn streaming_relays_every_chunk_and_the_usage_chunk_when_asked() {
+    let (mock, gw) = setup().await;
+    let mut req = chat("gpt-test");
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = resp.text().await.unwrap();
+    let expected: Vec<String> = common::fixture("openai/chat_stream.sse")
+        .split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(
+        sse_data(&text),
+        expected,
+        "byte-identical chunks, then [DONE]"
+    );
+    assert_eq!(mock.last().body["stream_options"]["include_usage"], true);
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_tokens_total{model="gpt-test",provider="up",type="prompt"}"#
+        ),
+        Some(91.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_tokens_total{model="gpt-test",provider="up",type="completion"}"#
+        ),
+        Some(9.0)
+    );
+}
+
+#[tokio::test]
+async fn stream_without_include_usage_hides_the_usage_chunk_but_meters_it() {
+    let (mock, gw) = setup().await;
+    let mut req = chat("gpt-test");
+    req["stream"] = json!(true);
+    let text = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    for d in &data[..data.len() - 1] {
+        let v: Value = serde_json::from_str(d).unwrap();
+        assert!(
+            !v["choices"].as_array().unwrap().is_empty(),
+            "no usage-only chunk: {d}"
+        );
+    }
+    // The gateway asked upstream for usage anyway, to meter the stream.
+    assert_eq!(mock.last().body["stream_options"]["include_usage"], true);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_tokens_total{model="gpt-test",provider="up",type="completion"}"#
+        ),
+        Some(9.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="chat",model="gpt-test",provider="up",status="200"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn completions_and_embeddings_pass_through() {
+    let (mock, gw) = setup().await;
+    let c = client();
+    let resp = c.post(gw.url("/v1/completions")).json(&json!({"model": "gpt-test", "prompt": "Say this is a test", "max_tokens": 7, "echo": false})).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        fixture_json("openai/completions_response.json")
+    );
+    assert_eq!(mock.last().path, "/v1/completions");
+    assert_eq!(mock.last().body["echo"], false);
+
+    let resp = c
+        .post(gw.url("/v1/completions"))
+        .json(&json!({"model": "gpt-test", "prompt": "x", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    let data = sse_data(&resp.text().await.unwrap());
+    assert_eq!(data.last().unwrap(), "[DONE]");
+    assert!(data.len() > 2);
+
+    let resp = c.post(gw.url("/v1/embeddings")).json(&json!({"model": "gpt-test", "input": ["a", "b"], "encoding_format": "float", "dimensions": 3})).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        fixture_json("openai/embeddings_response.json")
+    );
+    let got = mock.last();
+    assert_eq!(got.path, "/v1/embeddings");
+    assert_eq!(
+        got.body,
+        json!({"model": "gpt-4o-mini-2024-07-18", "input": ["a", "b"], "encoding_format": "float", "dimensions": 3})
+    );
+}
+
+#[tokio::test]
+async fn models_lists_configured_models_and_aliases() {
+    let (_mock, gw) = setup().await;
+    let v: Value = client()
+        .get(gw.url("/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            "gpt-test",
+            "fast",
+            "azure-test",
+            "dead-model",
+            "nokey-model",
+            "sim"
+        ]
+    );
+    assert_eq!(v["data"][0]["object"], "model");
+    assert_eq!(v["data"][0]["owned_by"], "up");
+}
+
+#[tokio::test]
+async fn azure_uses_deployment_url_api_version_and_api_key() {
+    let (mock, gw) = setup().await;
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("azure-test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = mock.last();
+    assert_eq!(got.path, "/openai/deployments/my-deploy/chat/completions");
+    assert_eq!(got.query.as_deref(), Some("api-version=2024-10-21"));
+    assert_eq!(got.headers["api-key"], AZ_KEY);
+    assert!(got.headers.get("authorization").is_none());
+
+    // Azure's annotation-only first chunk is not part of the answer.
+    mock.push(Script::sse_fixture("azure/chat_stream.sse"));
+    let mut req = chat("azure-test");
+    req["stream"] = json!(true);
+    let text = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_ne!(first["id"], "", "{}", data[0]);
+    assert_eq!(data.last().unwrap(), "[DONE]");
+}
+
+#[tokio::test]
+async fn health_and_ready_need_no_key() {
+    let (_mock, gw) = setup().await;
+    let plain = reqwest::Client::new();
+    assert_eq!(
+        plain.get(gw.url("/health")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        plain.get(gw.url("/ready")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        plain.get(gw.url("/metrics")).send().await.unwrap().status(),
+        200
+    );
+}
+
+// ---------- bad input ----------
+
+#[tokio::test]
+async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() {
+    let (mock, gw) = setup().await;
+    let c = client();
+    let url = gw.url("/v1/chat/completions");
+    let post = |body: Vec<u8>| {
+        c.post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let v = assert_openai_error(
+        post(b"{\"model\": \"gpt-test\", \"messages\": [".to_vec())
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"),
+        "{v}"
+    );
+
+    let v = assert_openai_error(
+        post(br#"{"model":"gpt-test"}"#.to_vec()).await.unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(v["error"]["param"], "messages");
+
+    let v = assert_openai_error(
+        post(br#"{"model":"gpt-test","messages":"hello"}"#.to_vec())
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type"),
+        "{v}"
+    );
+
+    let v = assert_openai_error(post(br#"{"model":"gpt-test","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#.to_vec()).await.unwrap(), 400).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid type"),
+        "{v}"
+    );
+
+    let v = assert_openai_error(
+        post(br#"{"model":"gpt-test","messages":[]}"#.to_vec())
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(v["error"]["param"], "messages");
+
+    let mut bad_utf8 = br#"{"model":"gpt-test","messages":[{"role":"user","content":""#.to_vec();
+    bad_utf8.extend_from_slice(&[0xff, 0xfe, 0x80]);
+    bad_utf8.extend_from_slice(br#""}]}"#);
+    assert_openai_error(post(bad_utf8).await.unwrap(), 400).await;
+
+    let v = assert_openai_error(
+        post(serde_json::to_vec(&chat("gpt-9000")).unwrap())
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "model_not_found");
+
+    let huge = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x".repeat(70 * 1024)}]});
+    let v = assert_openai_error(post(serde_json::to_vec(&huge).unwrap()).await.unwrap(), 413).await;
+    assert_eq!(v["error"]["code"], "request_too_large");
+
+    // Without a Content-Length the limit still holds (chunked upload).
+    let chunks =
+        futures_util::stream::iter((0..80).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
+    let resp = c
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_openai_error(resp, 413).await;
+
+    let resp = c
+        .post(&url)
+        .header("x-big", "v".repeat(9000))
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    assert_openai_error(resp, 431).await;
+
+    assert_openai_error(c.get(&url).send().await.unwrap(), 405).await;
+    assert_openai_error(c.get(gw.url("/v2/nothing")).send().await.unwrap(), 404).await;
+
+    assert!(
+        mock.received().is_empty(),
+        "nothing invalid reached the upstream"
+    );
+    let resp = c.post(&url).json(&chat("gpt-test")).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "still serving");
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="chat",model="",provider="",status="400"}"#
+        ),
+        Some(6.0)
+    );
+}
+
+#[tokio::test]
+async fn wrong_or_missing_gateway_key_is_401() {
+    let (mock, gw) = setup().await;
+    let url = gw.url("/v1/chat/completions");
+    let plain = reqwest::Client::new();
+    let v = assert_openai_error(
+        plain
+            .post(&url)
+            .json(&chat("gpt-test"))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "invalid_api_key");
+    assert_openai_error(
+        plain
+            .post(&url)
+            .bearer_auth("tg-test-key-0123456788")
+            .json(&chat("gpt-test"))
+            .send()
+            .await
+            .unwrap(),
+        401,
+    )
+    .await;
+    assert_openai_error(plain.get(gw.url("/v1/models")).send().await.unwrap(), 401).await;
+    // The `api-key` header works too (Azure-style clients).
+    let resp = plain
+        .post(&url)
+        .header("api-key", GW_KEY)
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.received().len(), 1);
+}
+
+// ---------- upstream failures ----------
+
+#[tokio::test]
+async fn upstream_errors_keep_status_and_message() {
+    let (mock, gw) = setup().await;
+    mock.push(Script::error_fixture("openai/error_429_rate_limit.json"));
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["retry-after"],
+        "2",
+        "tokens exhausted, reset in 1.2s"
+    );
+    let v = assert_openai_error(resp, 429).await;
+    let upstream = fixture_json("openai/error_429_rate_limit.json");
+    assert_eq!(v["error"]["message"], upstream["body"]["error"]["message"]);
+    assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(v["error"]["type"], "tokens");
+
+    mock.push(Script::error_fixture(
+        "openai/error_400_context_length.json",
+    ));
+    let v = assert_openai_error(
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("gpt-test"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "context_length_exceeded");
+
+    mock.push(Script::json(
+        503,
+        json!({"error": {"message": "The server is overloaded", "type": "server_error"}}),
+    ));
+    let v = assert_openai_error(
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("gpt-test"))
+            .send()
+            .await
+            .unwrap(),
+        503,
+    )
+    .await;
+    assert_eq!(v["error"]["message"], "The server is overloaded");
+
+    mock.push(Script::error_fixture(
+        "azure/error_404_deployment_not_found.json",
+    ));
+    let v = assert_openai_error(
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("azure-test"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "DeploymentNotFound");
+
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_upstream_errors_total{kind="rate_limited",provider="up"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn upstream_credential_errors_never_leak_the_key() {
+    let (mock, gw) = setup().await;
+    let mut f = fixture_json("openai/error_401_invalid_api_key.json");
+    f["body"]["error"]["message"] = json!(format!("Incorrect API key provided: {UP_KEY}."));
+    mock.push(Script::json(401, f["body"].clone()));
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    let v = assert_openai_error(resp, 502).await;
+    assert_eq!(v["error"]["code"], "upstream_auth_failed");
+    assert!(!v.to_string().contains("sk-upstream"), "{v}");
+}
+
+#[tokio::test]
+async fn missing_provider_key_is_a_clear_503() {
+    let (mock, gw) = setup().await;
+    let v = assert_openai_error(
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("nokey-model"))
+            .send()
+            .await
+            .unwrap(),
+        503,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "provider_not_configured");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("NOT_SET_ANYWHERE")
+    );
+    assert!(mock.received().is_empty());
+}
+
+#[tokio::test]
+async fn connection_refused_is_502() {
+    let (_mock, gw) = setup().await;
+    let v = assert_openai_error(
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("dead-model"))
+            .send()
+            .await
+            .unwrap(),
+        502,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "upstream_unreachable");
+    assert!(
+        !v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("127.0.0.1"),
+        "no internal address leaks: {v}"
+    );
+}
+
+#[tokio::test]
+async fn no_first_byte_in_time_is_504() {
+    let (mock, gw) = setup().await;
+    mock.push(Script::Hang);
+    let started = std::time::Instant::now();
+    let v = assert_openai_error(
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("gpt-test"))
+            .send()
+            .await
+            .unwrap(),
+        504,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "upstream_timeout");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "first_byte is 1s, took {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn whole_request_timeout_is_504() {
+    let (mock, gw) = setup_with("request_timeout: 300ms").await;
+    mock.push(Script::Json {
+        status: 200,
+        body: fixture_json("openai/chat_response.json"),
+        headers: vec![],
+        delay: Duration::from_millis(800),
+    });
+    let v = assert_openai_error(
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("gpt-test"))
+            .send()
+            .await
+            .unwrap(),
+        504,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "request_timeout");
+}
+
+fn stream_req() -> Value {
+    let mut req = chat("gpt-test");
+    req["stream"] = json!(true);
+    req
+}
+
+fn content_events(n: usize) -> Vec<String> {
+    (0..n).map(|i| json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [{"index": 0, "delta": {"content": format!("t{i} ")}, "finish_reason": null}]}).to_string()).collect()
+}
+
+#[tokio::test]
+async fn dropped_connection_mid_stream_ends_with_an_error_event() {
+    let (mock, gw) = setup().await;
+    mock.push(Script::Stream {
+        events: content_events(5),
+        gap: Duration::from_millis(10),
+        done: true,
+        break_after: Some(3),
+    });
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(5), resp.text())
+        .await
+        .expect("no hang")
+        .unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.len(), 4, "{text}");
+    let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_disconnected", "{last}");
+    assert!(!text.contains("[DONE]"));
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="chat",model="gpt-test",provider="up",status="502"}"#
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn stream_closed_without_done_is_an_error_not_success() {
+    let (mock, gw) = setup().await;
+    mock.push(Script::Stream {
+        events: content_events(2),
+        gap: Duration::ZERO,
+        done: false,
+        break_after: None,
+    });
+    let text = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(sse_data(&text).last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_disconnected");
+}
+
+#[tokio::test]
+async fn idle_gap_mid_stream_ends_with_a_timeout_event() {
+    let (mock, gw) = setup().await;
+    mock.push(Script::Stream {
+        events: content_events(3),
+        gap: Duration::from_millis(1500),
+        done: true,
+        break_after: None,
+    });
+    let text = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.len(), 2, "{text}");
+    let last: Value = serde_json::from_str(&data[1]).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout");
+}
+
+#[tokio::test]
+async fn midstream_upstream_error_event_is_relayed_as_an_error_event() {
+    let (mock, gw) = setup().await;
+    let mut events = content_events(2);
+    events.push(json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error", "code": null}}).to_string());
+    mock.push(Script::Stream {
+        events,
+        gap: Duration::ZERO,
+        done: false,
+        break_after: None,
+    });
+    let text = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let data = sse_data(&text);
+    assert_eq!(data.len(), 3);
+    let last: Value = serde_json::from_str(&data[2]).unwrap();
+    assert_eq!(
+        last["error"]["message"],
+        "The server had an error while processing your request."
+    );
+    assert_eq!(last["error"]["type"], "server_error");
+}
+
+#[tokio::test]
+async fn error_before_the_first_event_is_an_http_error() {
+    let (mock, gw) = setup().await;
+    mock.push(Script::Stream {
+        events: vec![],
+        gap: Duration::ZERO,
+        done: false,
+        break_after: Some(0),
+    });
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap();
+    let v = assert_openai_error(resp, 502).await;
+    assert_eq!(v["error"]["code"], "upstream_disconnected");
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_promptly() {
+    let (mock, gw) = setup().await;
+    mock.push(Script::Stream {
+        events: content_events(200),
+        gap: Duration::from_millis(50),
+        done: true,
+        break_after: None,
+    });
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    let first = body.next().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(body);
+    assert!(
+        mock.wait_dropped(Duration::from_secs(1)).await,
+        "the upstream saw its connection closed within a second"
+    );
+    // The cancelled stream is metered as 499.
+    let mut cancelled = None;
+    for _ in 0..20 {
+        cancelled = metric(
+            &gw.metrics().await,
+            r#"tollgate_requests_total{endpoint="chat",model="gpt-test",provider="up",status="499"}"#,
+        );
+        if cancelled.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(cancelled, Some(1.0));
+}
+
+#[tokio::test]
+async fn slow_reader_gets_backpressure_not_buffering() {
+    let (mock, gw) = setup().await;
+    // 2,000 chunks of ~1 KiB sent as fast as possible: a client that reads
+    // nothing must stall the upstream, not make the gateway buffer 2 MB.
+    let big: Vec<String> = (0..2000).map(|i| json!({"id": "c", "choices": [{"index": 0, "delta": {"content": format!("{i}{}", "x".repeat(1000))}}]}).to_string()).collect();
+    mock.push(Script::Stream {
+        events: big,
+        gap: Duration::ZERO,
+        done: true,
+        break_after: None,
+    });
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Reading it all afterwards still yields the whole stream in order.
+    let mut rest = Vec::new();
+    while let Some(chunk) = body.next().await {
+        rest.extend_from_slice(&chunk.unwrap());
+    }
+    let text = String::from_utf8(rest).unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert_eq!(
+        sse_data(&text).len(),
+        2000,
+        "1,999 remaining chunks plus [DONE]"
+    );
+    drop(mock);
+}
+
+// ---------- simulated provider ----------
+
+#[tokio::test]
+async fn simulated_provider_answers_without_network() {
+    let (mock, gw) = setup().await;
+    let v: Value = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("sim"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert_eq!(v["model"], "sim");
+    assert_eq!(v["usage"]["completion_tokens"], 5);
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert_eq!(text.split_whitespace().count(), 5);
+    assert!(mock.received().is_empty());
+}
+
+// ---------- shutdown ----------
+
+#[tokio::test]
+async fn graceful_shutdown_lets_a_stream_finish_and_refuses_new_work() {
+    let (mock, mut gw) = setup().await;
+    mock.push(Script::Stream {
+        events: content_events(10),
+        gap: Duration::from_millis(100),
+        done: true,
+        break_after: None,
+    });
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    gw.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!gw.gateway.is_ready(), "not ready while draining");
+    let fresh = reqwest::Client::new().get(gw.url("/health")).send().await;
+    assert!(fresh.is_err(), "the listener is closed");
+    let text = resp.text().await.unwrap();
+    assert_eq!(
+        sse_data(&text).len(),
+        11,
+        "all ten chunks and [DONE] arrived: {text}"
+    );
+    tokio::time::timeout(Duration::from_secs(3), gw.done.take().unwrap())
+        .await
+        .expect("server stopped after draining")
+        .unwrap();
+}
