@@ -41,6 +41,12 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Exit 0 if a running gateway answers GET /health (for container health checks).
+    Healthcheck {
+        /// The gateway's address.
+        #[arg(long, default_value = "127.0.0.1:4000")]
+        addr: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +54,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Serve { config, listen } => serve(&config, listen),
+        Command::Healthcheck { addr } => healthcheck(addr),
     }
 }
 
@@ -139,6 +146,32 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
             }
         }
     })
+}
+
+/// A blocking one-shot GET, so that minimal images need no curl.
+fn healthcheck(addr: std::net::SocketAddr) -> ExitCode {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(3);
+    let result = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut s| {
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(
+            format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head)?;
+        Ok(head)
+    });
+    match result {
+        Ok(head) if head.starts_with(b"HTTP/1.1 200") => ExitCode::SUCCESS,
+        Ok(head) => {
+            eprintln!("unhealthy: {}", String::from_utf8_lossy(&head));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(format: LogFormat, level: Option<&str>) {

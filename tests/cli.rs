@@ -180,6 +180,15 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let probe = Command::new(BIN)
+        .args(["healthcheck", "--addr", &server.addr])
+        .output()
+        .unwrap();
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
     // About one second of stream remains: signal now.
     let pid = server.child.id().to_string();
     assert!(
@@ -211,6 +220,14 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success());
+    let probe = Command::new(BIN)
+        .args(["healthcheck", "--addr", &server.addr])
+        .output()
+        .unwrap();
+    assert!(
+        !probe.status.success(),
+        "healthcheck fails once the gateway is gone"
+    );
     // JSON logs, one object per line, with the request id; never the gateway key.
     let logs: Vec<String> = server.logs.try_iter().collect();
     let access = logs

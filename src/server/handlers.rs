@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, timeout_at};
 
-use super::relay::{SseRelay, StreamLabels};
+use super::relay::{SseRelay, StreamLabels, StreamMeter};
 use super::respond;
 use super::state::Gateway;
 use crate::api::error::from_json_error;
@@ -229,16 +229,8 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 model: backend.model.clone(),
                 provider: backend.provider_name.clone(),
             };
-            let relay = SseRelay::new(
-                first,
-                events,
-                forward_usage,
-                deadline,
-                started,
-                gw.metrics.clone(),
-                labels,
-                in_flight,
-            );
+            let meter = StreamMeter::new(gw.metrics.clone(), labels, started, in_flight);
+            let relay = SseRelay::new(first, events, forward_usage, deadline, meter);
             let mut resp = Response::new(Body::new(relay));
             let h = resp.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));

@@ -47,7 +47,8 @@ pub struct SseRelay {
     meter: StreamMeter,
 }
 
-struct StreamMeter {
+/// Meters a stream when it ends, however it ends.
+pub struct StreamMeter {
     metrics: Arc<Metrics>,
     labels: StreamLabels,
     started: Instant,
@@ -57,32 +58,42 @@ struct StreamMeter {
     _in_flight: InFlight,
 }
 
+impl StreamMeter {
+    pub fn new(
+        metrics: Arc<Metrics>,
+        labels: StreamLabels,
+        started: Instant,
+        in_flight: InFlight,
+    ) -> Self {
+        StreamMeter {
+            metrics,
+            labels,
+            started,
+            usage: None,
+            status: None,
+            _in_flight: in_flight,
+        }
+    }
+}
+
 impl SseRelay {
     pub fn new(
         first: StreamEvent,
         events: EventStream,
         forward_usage: bool,
         deadline: Instant,
-        started: Instant,
-        metrics: Arc<Metrics>,
-        labels: StreamLabels,
-        in_flight: InFlight,
+        meter: StreamMeter,
     ) -> Self {
-        metrics.first_token(labels.get(), started.elapsed());
+        meter
+            .metrics
+            .first_token(meter.labels.get(), meter.started.elapsed());
         SseRelay {
             events,
             first: Some(first),
             forward_usage,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             done: false,
-            meter: StreamMeter {
-                metrics,
-                labels,
-                started,
-                usage: None,
-                status: None,
-                _in_flight: in_flight,
-            },
+            meter,
         }
     }
 

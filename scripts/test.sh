@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The project's one test command: builds tollgate (debug), runs every Rust
+# test, then the Python end-to-end tests (the official OpenAI SDK against a
+# real `tollgate serve`) in a virtualenv at .venv.
+#
+#   scripts/test.sh
+#
+# Environment: PYTHON (default python3) picks the interpreter; VENV (default
+# .venv) the virtualenv; TOLLGATE_BIN overrides the binary the Python tests run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+PY="${PYTHON:-python3}"
+VENV="${VENV:-$ROOT/.venv}"
+REQUIREMENTS="tests/python/requirements.txt"
+
+step() { printf '\n==> %s\n' "$*"; }
+failed=()
+
+step "cargo build (debug)"
+cargo build --bins
+
+step "cargo test"
+if ! cargo test; then
+    failed+=("cargo test")
+fi
+
+step "Python environment ($VENV)"
+# A usable venv has a python that runs and a pip.
+venv_ok() { "$VENV/bin/python" -m pip --version >/dev/null 2>&1; }
+make_venv() { rm -rf "$VENV" && "$PY" -m venv "$VENV" && venv_ok; }
+
+if venv_ok || make_venv; then
+    pytest_python="$VENV/bin/python"
+    pip_install=("$pytest_python" -m pip install --quiet)
+else
+    # Debian's python3 without python3-venv has no ensurepip. Install it when
+    # we may (root, apt-get, Debian's own interpreter); otherwise install the
+    # test dependencies for the user.
+    rm -rf "$VENV"
+    base_prefix="$("$PY" -c 'import sys; print(sys.base_prefix)')"
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$base_prefix" = /usr ]; then
+        venv_pkg="$("$PY" -c 'import sys; print("python3.%d-venv" % sys.version_info[1])')"
+        echo "python3 -m venv failed: installing python3-venv $venv_pkg with apt-get"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv "$venv_pkg" >/dev/null \
+            || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+    fi
+    if make_venv; then
+        pytest_python="$VENV/bin/python"
+        pip_install=("$pytest_python" -m pip install --quiet)
+    else
+        rm -rf "$VENV"
+        echo "no virtualenv available: installing the test dependencies with pip --user"
+        pytest_python="$PY"
+        pip_install=("$PY" -m pip install --quiet --user)
+        # PEP 668: a distribution's Python refuses user installs unless told.
+        if "$PY" -c 'import sys, sysconfig, os; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+            pip_install+=(--break-system-packages)
+        fi
+    fi
+fi
+"${pip_install[@]}" -r "$REQUIREMENTS"
+
+step "pytest tests/python"
+if [ -z "${TOLLGATE_BIN:-}" ]; then
+    # Where cargo put the binary, honouring CARGO_TARGET_DIR and .cargo/config.
+    target_dir="$(cargo metadata --format-version 1 --no-deps | "$pytest_python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
+    export TOLLGATE_BIN="$target_dir/debug/tollgate"
+fi
+if ! "$pytest_python" -m pytest tests/python -q; then
+    failed+=("pytest")
+fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+    printf '\nFAILED: %s\n' "${failed[*]}" >&2
+    exit 1
+fi
