@@ -996,3 +996,32 @@ async fn graceful_shutdown_lets_a_stream_finish_and_refuses_new_work() {
         .expect("server stopped after draining")
         .unwrap();
 }
+
+#[tokio::test]
+async fn http2_clients_are_served_too() {
+    let (_mock, gw) = setup().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let resp = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(GW_KEY)
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let text = h2
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(GW_KEY)
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(sse_data(&text).last().unwrap(), "[DONE]");
+}

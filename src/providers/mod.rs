@@ -16,7 +16,6 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
-use tokio::time::Instant;
 
 use crate::api::{ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
 use crate::config::{ProviderKind, ProviderSpec};
@@ -32,8 +31,6 @@ pub struct Call<'a> {
     pub upstream_model: &'a str,
     /// The name the client asked for; simulated answers echo it.
     pub requested_model: &'a str,
-    /// The gateway's deadline for the whole request.
-    pub deadline: Instant,
 }
 
 /// An upstream's answer in canonical form.

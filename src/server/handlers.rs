@@ -191,7 +191,6 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
         request_id,
         upstream_model: &backend.upstream_model,
         requested_model: &requested,
-        deadline,
     };
     let reply = match timeout_at(deadline, parsed.send(&*backend.provider, call)).await {
         Err(_) => return timed_out(),
