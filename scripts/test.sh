@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's one test command: builds tollgate (debug), runs every Rust
 # test, then the Python end-to-end tests (the official OpenAI SDK against a
-# real `tollgate serve`) in a virtualenv at .venv.
+# real `tollgate serve`) in a virtualenv at .venv, then the Node SDK tests.
 #
 #   scripts/test.sh
 #
@@ -20,10 +20,10 @@ step() { printf '\n==> %s\n' "$*"; }
 failed=()
 
 step "cargo build (debug)"
-cargo build --bins
+cargo build --locked --bins
 
 step "cargo test"
-if ! cargo test; then
+if ! cargo test --locked; then
     failed+=("cargo test")
 fi
 
@@ -42,11 +42,20 @@ else
     rm -rf "$VENV"
     base_prefix="$("$PY" -c 'import sys; print(sys.base_prefix)')"
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ "$base_prefix" = /usr ]; then
-        venv_pkg="$("$PY" -c 'import sys; print("python3.%d-venv" % sys.version_info[1])')"
-        echo "python3 -m venv failed: installing python3-venv $venv_pkg with apt-get"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv "$venv_pkg" >/dev/null \
-            || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+        venv_pkgs=()
+        wanted=(python3-venv "$("$PY" -c 'import sys; print("python3.%d-venv" % sys.version_info[1])')")
+        "$PY" -m pip --version >/dev/null 2>&1 || wanted+=(python3-pip)
+        for pkg in "${wanted[@]}"; do
+            # Install only what is missing: never upgrade the system's Python as a side effect.
+            if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" != "install ok installed" ]; then
+                venv_pkgs+=("$pkg")
+            fi
+        done
+        if [ ${#venv_pkgs[@]} -gt 0 ]; then
+            echo "python3 -m venv failed: installing ${venv_pkgs[*]} with apt-get"
+            apt-get update -qq
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${venv_pkgs[@]}" >/dev/null || true
+        fi
     fi
     if make_venv; then
         pytest_python="$VENV/bin/python"
@@ -55,7 +64,7 @@ else
         rm -rf "$VENV"
         echo "no virtualenv available: installing the test dependencies with pip --user"
         pytest_python="$PY"
-        pip_install=("$PY" -m pip install --quiet --user)
+        pip_install=("$PY" -m pip install --quiet --user --no-warn-script-location)
         # PEP 668: a distribution's Python refuses user installs unless told.
         if "$PY" -c 'import sys, sysconfig, os; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
             pip_install+=(--break-system-packages)
@@ -72,6 +81,11 @@ if [ -z "${TOLLGATE_BIN:-}" ]; then
 fi
 if ! "$pytest_python" -m pytest tests/python -q; then
     failed+=("pytest")
+fi
+
+step "node --test tests/node (the official openai Node SDK)"
+if ! (cd tests/node && npm ci --no-audit --no-fund --loglevel=error && npm test); then
+    failed+=("node tests")
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

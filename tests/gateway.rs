@@ -1025,3 +1025,111 @@ async fn http2_clients_are_served_too() {
         .unwrap();
     assert_eq!(sse_data(&text).last().unwrap(), "[DONE]");
 }
+
+#[tokio::test]
+async fn a_single_model_can_be_retrieved() {
+    let (_mock, gw) = setup().await;
+    let v: Value = client()
+        .get(gw.url("/v1/models/fast"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["id"], "fast");
+    assert_eq!(v["object"], "model");
+    assert_eq!(v["owned_by"], "up");
+    let v = assert_openai_error(
+        client()
+            .get(gw.url("/v1/models/nope/nested"))
+            .send()
+            .await
+            .unwrap(),
+        404,
+    )
+    .await;
+    assert_eq!(v["error"]["code"], "model_not_found");
+}
+
+#[tokio::test]
+async fn simulated_provider_honours_n_prompt_lists_and_token_inputs() {
+    let (_mock, gw) = setup().await;
+    let c = client();
+    let mut req = chat("sim");
+    req["n"] = json!(3);
+    let v: Value = c
+        .post(gw.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let choices = v["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    assert_eq!(
+        choices
+            .iter()
+            .map(|c| c["index"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    assert_eq!(v["usage"]["completion_tokens"], 15);
+
+    let v: Value = c
+        .post(gw.url("/v1/completions"))
+        .json(&json!({"model": "sim", "prompt": ["first", "second"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let texts: Vec<&str> = v["choices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts.len(), 2);
+    assert_ne!(texts[0], texts[1], "each prompt has its own answer");
+
+    let v: Value = c
+        .post(gw.url("/v1/embeddings"))
+        .json(&json!({"model": "sim", "input": [[1, 2, 3], [4, 5, 6, 7, 8]], "dimensions": 4}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_ne!(v["data"][0]["embedding"], v["data"][1]["embedding"]);
+    assert_eq!(
+        v["usage"]["prompt_tokens"], 8,
+        "one token per array element"
+    );
+
+    for (path, body, param) in [
+        (
+            "/v1/embeddings",
+            json!({"model": "sim", "input": "x", "dimensions": 0}),
+            "dimensions",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"model": "sim", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+            "max_tokens",
+        ),
+        (
+            "/v1/completions",
+            json!({"model": "sim", "prompt": "x", "max_tokens": 0}),
+            "max_tokens",
+        ),
+    ] {
+        let v =
+            assert_openai_error(c.post(gw.url(path)).json(&body).send().await.unwrap(), 400).await;
+        assert_eq!(v["error"]["param"], param);
+    }
+}

@@ -78,6 +78,15 @@ impl ChatRequest {
         if let Some(0) = self.n {
             return Err(("`n` must be at least 1".into(), "n"));
         }
+        if let Some(0) = self.max_tokens {
+            return Err(("`max_tokens` must be at least 1".into(), "max_tokens"));
+        }
+        if let Some(0) = self.max_completion_tokens {
+            return Err((
+                "`max_completion_tokens` must be at least 1".into(),
+                "max_completion_tokens",
+            ));
+        }
         Ok(())
     }
 }

@@ -47,6 +47,9 @@ impl CompletionRequest {
                 ));
             }
         }
+        if let Some(0) = self.max_tokens {
+            return Err(("`max_tokens` must be at least 1".into(), "max_tokens"));
+        }
         if self.stream_options.is_some() && !self.is_stream() {
             return Err((
                 "`stream_options` is only allowed when `stream` is true".into(),
@@ -56,12 +59,24 @@ impl CompletionRequest {
         Ok(())
     }
 
-    /// Rough prompt size in bytes, for estimates.
-    pub fn prompt_len(&self) -> usize {
+    /// The prompts: one string, a list of strings, one token array, or a
+    /// list of token arrays. Token arrays are rendered as their numbers.
+    pub fn prompts(&self) -> Vec<String> {
+        fn one(v: &Value) -> String {
+            match v {
+                Value::String(s) => s.clone(),
+                Value::Array(tokens) => tokens
+                    .iter()
+                    .map(Value::to_string)
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                other => other.to_string(),
+            }
+        }
         match &self.prompt {
-            Value::String(s) => s.len(),
-            Value::Array(items) => items.iter().map(|v| v.as_str().map_or(4, str::len)).sum(),
-            _ => 0,
+            Value::Array(items) if items.iter().all(Value::is_number) => vec![one(&self.prompt)],
+            Value::Array(items) => items.iter().map(one).collect(),
+            other => vec![one(other)],
         }
     }
 }

@@ -28,6 +28,9 @@ impl EmbeddingsRequest {
         if self.model.is_empty() {
             return Err(("`model` must not be empty".into(), "model"));
         }
+        if let Some(0) = self.dimensions {
+            return Err(("`dimensions` must be at least 1".into(), "dimensions"));
+        }
         match &self.input {
             Value::String(s) if !s.is_empty() => Ok(()),
             Value::Array(items) if !items.is_empty() => Ok(()),
@@ -41,13 +44,26 @@ impl EmbeddingsRequest {
         }
     }
 
-    /// The inputs as text; token arrays count as one item with no text.
-    pub fn texts(&self) -> Vec<&str> {
+    /// The inputs, each as text or as a token array.
+    pub fn inputs(&self) -> Vec<Input<'_>> {
+        fn one(v: &Value) -> Input<'_> {
+            match v {
+                Value::String(s) => Input::Text(s),
+                Value::Array(tokens) => Input::Tokens(tokens),
+                _ => Input::Text(""),
+            }
+        }
         match &self.input {
-            Value::String(s) => vec![s.as_str()],
-            Value::Array(items) if items.iter().all(Value::is_number) => vec![""],
-            Value::Array(items) => items.iter().map(|v| v.as_str().unwrap_or("")).collect(),
-            _ => Vec::new(),
+            Value::Array(items) if items.iter().all(Value::is_number) => vec![one(&self.input)],
+            Value::Array(items) => items.iter().map(one).collect(),
+            other => vec![one(other)],
         }
     }
+}
+
+/// One embeddings input.
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    Text(&'a str),
+    Tokens(&'a [Value]),
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Call, Provider, Reply, StreamEvent, UpstreamError};
-use crate::api::embeddings::EncodingFormat;
+use crate::api::embeddings::{EncodingFormat, Input};
 use crate::api::{ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
 use crate::config::SimulatedSection;
 
@@ -50,11 +50,16 @@ pub struct SimulatedProvider {
     cfg: SimulatedSection,
 }
 
-/// One simulated answer: its words and usage.
-struct Script {
+/// One simulated choice: its tokens and why it stopped.
+struct Choice {
     tokens: Vec<String>,
-    usage: Usage,
     finish_reason: &'static str,
+}
+
+/// A simulated answer: its choices (each with its OpenAI `index`) and usage.
+struct Answer {
+    choices: Vec<Choice>,
+    usage: Usage,
 }
 
 impl SimulatedProvider {
@@ -62,11 +67,12 @@ impl SimulatedProvider {
         SimulatedProvider { cfg }
     }
 
-    fn script(&self, prompt_seed: &str, prompt_bytes: usize, max_tokens: Option<u32>) -> Script {
+    /// The reply to a prompt; `variant` makes the n choices of one request differ.
+    fn choice(&self, seed: &str, variant: usize, max_tokens: Option<u32>) -> Choice {
         let mut tokens: Vec<String> = match &self.cfg.reply {
             Some(text) => text.split_inclusive(' ').map(str::to_owned).collect(),
             None => {
-                let start = fnv1a(prompt_seed.as_bytes()) as usize;
+                let start = fnv1a(seed.as_bytes()) as usize + variant * 7;
                 (0..self.cfg.completion_tokens as usize)
                     .map(|i| {
                         let w = WORDS[(start + i) % WORDS.len()];
@@ -86,11 +92,29 @@ impl SimulatedProvider {
             tokens.truncate(max as usize);
             finish_reason = "length";
         }
-        let prompt_tokens = (prompt_bytes as u64).div_ceil(4).max(1);
-        Script {
-            usage: Usage::new(prompt_tokens, tokens.len() as u64),
+        Choice {
             tokens,
             finish_reason,
+        }
+    }
+
+    /// `n` choices for each prompt, indexed as OpenAI does: prompt-major.
+    fn answer(
+        &self,
+        prompts: &[String],
+        n: usize,
+        max_tokens: Option<u32>,
+        prompt_tokens: u64,
+    ) -> Answer {
+        let choices: Vec<Choice> = prompts
+            .iter()
+            .flat_map(|p| (0..n).map(move |i| (p, i)))
+            .map(|(p, i)| self.choice(p, i, max_tokens))
+            .collect();
+        let completion = choices.iter().map(|c| c.tokens.len() as u64).sum();
+        Answer {
+            choices,
+            usage: Usage::new(prompt_tokens.max(1), completion),
         }
     }
 
@@ -105,38 +129,42 @@ impl SimulatedProvider {
             .then(|| Duration::from_secs_f64(1.0 / self.cfg.tokens_per_second))
     }
 
-    /// Streams the opening chunk, one chunk per token, the finish chunk and the usage chunk.
-    fn stream(&self, script: Script, frame: impl Fn(Piece<'_>) -> Value) -> Reply {
-        let total = script.tokens.len();
+    /// Streams each choice in turn (opening chunk, one chunk per token,
+    /// finish chunk), then the usage chunk. Tokens after the first arrive at
+    /// the configured speed.
+    fn stream(&self, answer: Answer, frame: impl Fn(usize, Piece<'_>) -> Value) -> Reply {
         let encode = |v: Value| Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
-        let mut events = Vec::with_capacity(total + 3);
-        events.push(StreamEvent::content(encode(frame(Piece::Start))));
-        events.extend(
-            script
-                .tokens
-                .iter()
-                .map(|t| StreamEvent::content(encode(frame(Piece::Token(t))))),
-        );
-        events.push(StreamEvent::content(encode(frame(Piece::Finish(
-            script.finish_reason,
-        )))));
-        events.push(StreamEvent {
-            data: encode(frame(Piece::Usage(script.usage))),
-            usage: Some(script.usage),
+        let mut events: Vec<(StreamEvent, bool)> = Vec::new();
+        for (index, choice) in answer.choices.iter().enumerate() {
+            events.push((
+                StreamEvent::content(encode(frame(index, Piece::Start))),
+                false,
+            ));
+            for (i, t) in choice.tokens.iter().enumerate() {
+                events.push((
+                    StreamEvent::content(encode(frame(index, Piece::Token(t)))),
+                    index > 0 || i > 0,
+                ));
+            }
+            events.push((
+                StreamEvent::content(encode(frame(index, Piece::Finish(choice.finish_reason)))),
+                false,
+            ));
+        }
+        let usage = StreamEvent {
+            data: encode(frame(0, Piece::Usage(answer.usage))),
+            usage: Some(answer.usage),
             usage_only: true,
-        });
+        };
+        events.push((usage, false));
         let gap = self.token_gap();
-        let steps = stream::unfold(
-            events.into_iter().enumerate(),
-            move |mut events| async move {
-                let (step, event) = events.next()?;
-                // Tokens after the first arrive at the configured speed.
-                if let Some(gap) = gap.filter(|_| (2..=total).contains(&step)) {
-                    tokio::time::sleep(gap).await;
-                }
-                Some((Ok(event), events))
-            },
-        );
+        let steps = stream::unfold(events.into_iter(), move |mut events| async move {
+            let (event, paced) = events.next()?;
+            if let Some(gap) = gap.filter(|_| paced) {
+                tokio::time::sleep(gap).await;
+            }
+            Some((Ok(event), events))
+        });
         Reply::Stream(Box::pin(steps))
     }
 }
@@ -177,11 +205,16 @@ fn capitalise(w: &str) -> String {
         .unwrap_or_default()
 }
 
-fn id(prefix: &str, request_id: &str) -> String {
-    format!(
-        "{prefix}-sim-{}",
-        request_id.get(..12).unwrap_or(request_id)
-    )
+fn new_id(prefix: &str) -> String {
+    format!("{prefix}-sim-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4).max(1)
+}
+
+fn encode(body: &impl Serialize) -> Bytes {
+    Bytes::from(serde_json::to_vec(body).unwrap_or_default())
 }
 
 #[async_trait]
@@ -198,37 +231,38 @@ impl Provider for SimulatedProvider {
             .iter()
             .map(|m| m.content.as_ref().map_or(0, |c| c.text_len()) + 4)
             .sum();
-        let script = self.script(
-            seed,
-            prompt_bytes,
+        let n = req.n.unwrap_or(1) as usize;
+        let answer = self.answer(
+            &[seed.to_owned()],
+            n,
             req.max_completion_tokens.or(req.max_tokens),
+            estimate_tokens(prompt_bytes),
         );
         self.first_token_delay().await;
-        let model = call.requested_model.to_owned();
-        let id = id("chatcmpl", call.request_id);
-        let created = now();
+        let (id, created, model) = (new_id("chatcmpl"), now(), call.requested_model);
         if req.is_stream() {
-            return Ok(self.stream(script, |piece| {
+            return Ok(self.stream(answer, |index, piece| {
                 let (choices, usage) = match piece {
-                    Piece::Start => (json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), Value::Null),
-                    Piece::Token(t) => (json!([{"index": 0, "delta": {"content": t}, "logprobs": null, "finish_reason": null}]), Value::Null),
-                    Piece::Finish(f) => (json!([{"index": 0, "delta": {}, "logprobs": null, "finish_reason": f}]), Value::Null),
+                    Piece::Start => (json!([{"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": null}]), Value::Null),
+                    Piece::Token(t) => (json!([{"index": index, "delta": {"content": t}, "logprobs": null, "finish_reason": null}]), Value::Null),
+                    Piece::Finish(f) => (json!([{"index": index, "delta": {}, "logprobs": null, "finish_reason": f}]), Value::Null),
                     Piece::Usage(u) => (json!([]), json!(u)),
                 };
                 json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model, "choices": choices, "usage": usage})
             }));
         }
+        let choices: Vec<Value> = answer.choices.iter().enumerate().map(|(index, c)| json!({"index": index, "message": {"role": "assistant", "content": c.tokens.concat(), "refusal": null}, "logprobs": null, "finish_reason": c.finish_reason})).collect();
         let body = Envelope {
             id,
             object: "chat.completion",
             created,
-            model: &model,
-            choices: json!([{"index": 0, "message": {"role": "assistant", "content": script.tokens.concat(), "refusal": null}, "logprobs": null, "finish_reason": script.finish_reason}]),
-            usage: script.usage,
+            model,
+            choices: Value::Array(choices),
+            usage: answer.usage,
         };
         Ok(Reply::Complete {
-            body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
-            usage: Some(script.usage),
+            body: encode(&body),
+            usage: Some(answer.usage),
         })
     }
 
@@ -237,34 +271,46 @@ impl Provider for SimulatedProvider {
         call: Call<'_>,
         req: CompletionRequest,
     ) -> Result<Reply, UpstreamError> {
-        let seed = req.prompt.as_str().unwrap_or("");
-        let script = self.script(seed, req.prompt_len(), Some(req.max_tokens.unwrap_or(16)));
+        let prompts = req.prompts();
+        let n = req
+            .extra
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1) as usize;
+        let prompt_tokens = prompts.iter().map(|p| estimate_tokens(p.len())).sum();
+        // OpenAI's default for legacy completions is 16 tokens.
+        let answer = self.answer(
+            &prompts,
+            n,
+            Some(req.max_tokens.unwrap_or(16)),
+            prompt_tokens,
+        );
         self.first_token_delay().await;
-        let model = call.requested_model.to_owned();
-        let id = id("cmpl", call.request_id);
-        let created = now();
+        let (id, created, model) = (new_id("cmpl"), now(), call.requested_model);
         if req.is_stream() {
-            return Ok(self.stream(script, |piece| {
+            return Ok(self.stream(answer, |index, piece| {
                 let (choices, usage) = match piece {
-                    Piece::Start => (json!([{"text": "", "index": 0, "logprobs": null, "finish_reason": null}]), Value::Null),
-                    Piece::Token(t) => (json!([{"text": t, "index": 0, "logprobs": null, "finish_reason": null}]), Value::Null),
-                    Piece::Finish(f) => (json!([{"text": "", "index": 0, "logprobs": null, "finish_reason": f}]), Value::Null),
+                    Piece::Start => (json!([{"text": "", "index": index, "logprobs": null, "finish_reason": null}]), Value::Null),
+                    Piece::Token(t) => (json!([{"text": t, "index": index, "logprobs": null, "finish_reason": null}]), Value::Null),
+                    Piece::Finish(f) => (json!([{"text": "", "index": index, "logprobs": null, "finish_reason": f}]), Value::Null),
                     Piece::Usage(u) => (json!([]), json!(u)),
                 };
                 json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices, "usage": usage})
             }));
         }
+        let choices: Vec<Value> = answer.choices.iter().enumerate().map(|(index, c)| json!({"text": c.tokens.concat(), "index": index, "logprobs": null, "finish_reason": c.finish_reason})).collect();
         let body = Envelope {
             id,
             object: "text_completion",
             created,
-            model: &model,
-            choices: json!([{"text": script.tokens.concat(), "index": 0, "logprobs": null, "finish_reason": script.finish_reason}]),
-            usage: script.usage,
+            model,
+            choices: Value::Array(choices),
+            usage: answer.usage,
         };
         Ok(Reply::Complete {
-            body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
-            usage: Some(script.usage),
+            body: encode(&body),
+            usage: Some(answer.usage),
         })
     }
 
@@ -277,16 +323,25 @@ impl Provider for SimulatedProvider {
             .dimensions
             .unwrap_or(self.cfg.embedding_dimensions)
             .max(1) as usize;
-        let texts = req.texts();
-        let prompt_tokens: u64 = texts
-            .iter()
-            .map(|t| (t.len() as u64).div_ceil(4).max(1))
-            .sum();
-        let data: Vec<Value> = texts
+        let inputs = req.inputs();
+        let mut prompt_tokens = 0u64;
+        let data: Vec<Value> = inputs
             .iter()
             .enumerate()
-            .map(|(index, text)| {
-                let vector = embed(text, dims);
+            .map(|(index, input)| {
+                let vector = match input {
+                    Input::Text(text) => {
+                        prompt_tokens += estimate_tokens(text.len());
+                        embed(text.as_bytes(), dims)
+                    }
+                    Input::Tokens(tokens) => {
+                        prompt_tokens += tokens.len() as u64;
+                        embed(
+                            serde_json::to_string(tokens).unwrap_or_default().as_bytes(),
+                            dims,
+                        )
+                    }
+                };
                 let embedding = match req.encoding_format {
                     Some(EncodingFormat::Base64) => Value::String(base64_f32(&vector)),
                     _ => json!(vector),
@@ -301,15 +356,15 @@ impl Provider for SimulatedProvider {
         };
         let body = json!({"object": "list", "data": data, "model": call.requested_model, "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}});
         Ok(Reply::Complete {
-            body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            body: encode(&body),
             usage: Some(usage),
         })
     }
 }
 
 /// A deterministic unit vector derived from the text.
-fn embed(text: &str, dims: usize) -> Vec<f32> {
-    let mut state = fnv1a(text.as_bytes()) | 1;
+fn embed(input: &[u8], dims: usize) -> Vec<f32> {
+    let mut state = fnv1a(input) | 1;
     let raw: Vec<f32> = (0..dims)
         .map(|_| {
             // xorshift64: cheap, deterministic, good enough to spread values.
@@ -360,9 +415,9 @@ mod tests {
 
     #[test]
     fn embeddings_are_deterministic_unit_vectors() {
-        let a = embed("hello", 16);
-        assert_eq!(a, embed("hello", 16));
-        assert_ne!(a, embed("hullo", 16));
+        let a = embed(b"hello", 16);
+        assert_eq!(a, embed(b"hello", 16));
+        assert_ne!(a, embed(b"hullo", 16));
         let norm: f32 = a.iter().map(|x| x * x).sum();
         assert!((norm - 1.0).abs() < 1e-5);
     }
@@ -370,12 +425,24 @@ mod tests {
     #[test]
     fn reply_is_deterministic_and_capped_by_max_tokens() {
         let p = SimulatedProvider::new(serde_yaml_ng::from_str("completion_tokens: 10").unwrap());
-        let a = p.script("hi", 8, None);
-        assert_eq!(a.tokens, p.script("hi", 8, None).tokens);
+        let a = p.answer(&["hi".into()], 1, None, 2);
+        assert_eq!(
+            a.choices[0].tokens,
+            p.answer(&["hi".into()], 1, None, 2).choices[0].tokens
+        );
         assert_eq!(a.usage, Usage::new(2, 10));
-        assert_eq!(a.finish_reason, "stop");
-        let cut = p.script("hi", 8, Some(3));
-        assert_eq!(cut.tokens.len(), 3);
-        assert_eq!(cut.finish_reason, "length");
+        assert_eq!(a.choices[0].finish_reason, "stop");
+        let cut = p.answer(&["hi".into()], 1, Some(3), 2);
+        assert_eq!(cut.choices[0].tokens.len(), 3);
+        assert_eq!(cut.choices[0].finish_reason, "length");
+    }
+
+    #[test]
+    fn n_choices_per_prompt_differ_and_add_up() {
+        let p = SimulatedProvider::new(serde_yaml_ng::from_str("completion_tokens: 4").unwrap());
+        let a = p.answer(&["one".into(), "two".into()], 2, None, 5);
+        assert_eq!(a.choices.len(), 4);
+        assert_ne!(a.choices[0].tokens, a.choices[1].tokens);
+        assert_eq!(a.usage, Usage::new(5, 16));
     }
 }

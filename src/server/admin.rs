@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::{Path, Request, State};
 use axum::response::Response;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, StatusCode};
@@ -56,6 +56,24 @@ pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
     })
     .unwrap_or_default();
     respond::json(StatusCode::OK, body)
+}
+
+/// One model, as `GET /v1/models/{id}` (the SDKs' `models.retrieve`).
+pub async fn model(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
+    let listed = gw.resolver.listed();
+    match listed.iter().find(|(name, _)| *name == id) {
+        Some(&(id, owned_by)) => {
+            let body = serde_json::to_vec(&ModelEntry {
+                id,
+                object: "model",
+                created: started_at(),
+                owned_by,
+            })
+            .unwrap_or_default();
+            respond::json(StatusCode::OK, body)
+        }
+        None => respond::error(&ApiError::model_not_found(&id)),
+    }
 }
 
 fn started_at() -> u64 {

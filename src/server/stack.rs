@@ -34,6 +34,8 @@ pub fn app(gw: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(admin::models))
+        // Model names may hold `/` (`meta-llama/Llama-3.3-70B-Instruct`).
+        .route("/v1/models/{*id}", get(admin::model))
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
         .route("/metrics", get(admin::metrics))

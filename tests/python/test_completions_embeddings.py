@@ -127,10 +127,6 @@ def test_embeddings_empty_input_is_rejected(client):
     assert e.value.body["param"] == "input"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway bug: dimensions=0 answers 200 with a 1-dimensional vector instead of 400",
-)
 def test_embeddings_zero_dimensions_is_rejected(client):
     import openai
 

@@ -30,10 +30,6 @@ def test_every_listed_model_answers(client):
         assert r.usage.completion_tokens == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway gap: GET /v1/models/{id} (the SDK's models.retrieve) answers 404 unknown_url",
-)
 def test_models_retrieve(client):
     m = client.models.retrieve("sim-chat")
     assert m.id == "sim-chat"
