@@ -906,10 +906,12 @@ async fn client_disconnect_cancels_the_upstream_promptly() {
 
 #[tokio::test]
 async fn slow_reader_gets_backpressure_not_buffering() {
-    let (mock, gw) = setup().await;
-    // 2,000 chunks of ~1 KiB sent as fast as possible: a client that reads
-    // nothing must stall the upstream, not make the gateway buffer 2 MB.
-    let big: Vec<String> = (0..2000).map(|i| json!({"id": "c", "choices": [{"index": 0, "delta": {"content": format!("{i}{}", "x".repeat(1000))}}]}).to_string()).collect();
+    let (mock, gw) = setup_with("request_timeout: 120s").await;
+    // 5,000 chunks of ~4 KiB (20 MB, far more than loopback socket buffers hold)
+    // sent as fast as possible: a client that reads nothing must stall the
+    // upstream, not make the gateway buffer the stream.
+    const CHUNKS: usize = 5_000;
+    let big: Vec<String> = (0..CHUNKS).map(|i| json!({"id": "c", "choices": [{"index": 0, "delta": {"content": format!("{i:05}{}", "x".repeat(4000))}}]}).to_string()).collect();
     mock.push(Script::Stream {
         events: big,
         gap: Duration::ZERO,
@@ -925,19 +927,46 @@ async fn slow_reader_gets_backpressure_not_buffering() {
     let mut body = resp.bytes_stream();
     body.next().await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    let stalled_at = mock.frames_sent();
+    // Kernel socket buffers on both hops hold some; the gateway itself holds one event.
+    assert!(
+        stalled_at < CHUNKS / 4,
+        "the upstream was held back: {stalled_at} of {CHUNKS} sent"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let later = mock.frames_sent();
+    assert!(
+        later < CHUNKS / 4,
+        "and stays held back while the client reads nothing: {stalled_at} then {later}"
+    );
     // Reading it all afterwards still yields the whole stream in order.
     let mut rest = Vec::new();
     while let Some(chunk) = body.next().await {
         rest.extend_from_slice(&chunk.unwrap());
     }
     let text = String::from_utf8(rest).unwrap();
-    assert!(text.ends_with("data: [DONE]\n\n"));
-    assert_eq!(
-        sse_data(&text).len(),
-        2000,
-        "1,999 remaining chunks plus [DONE]"
+    assert!(
+        text.ends_with("data: [DONE]\n\n"),
+        "{}",
+        &text[text.len().saturating_sub(300)..]
     );
-    drop(mock);
+    let data = sse_data(&text);
+    assert!(data.len() > CHUNKS / 2 && data.last().unwrap() == "[DONE]");
+    let numbers: Vec<usize> = data[..data.len() - 1]
+        .iter()
+        .map(|d| {
+            serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap()[..5]
+                .parse()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "in order, none lost"
+    );
+    assert_eq!(*numbers.last().unwrap(), CHUNKS - 1);
 }
 
 // ---------- simulated provider ----------

@@ -5,6 +5,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -113,6 +114,8 @@ pub struct MockUpstream {
     scripts: Arc<Mutex<VecDeque<Script>>>,
     /// Counts streamed bodies the gateway dropped before they were finished.
     dropped: watch::Receiver<usize>,
+    /// Stream frames handed to the socket so far, over all streams.
+    frames_sent: Arc<AtomicUsize>,
 }
 
 impl MockUpstream {
@@ -123,15 +126,18 @@ impl MockUpstream {
         let scripts = Arc::new(Mutex::new(VecDeque::new()));
         let (dropped_tx, dropped) = watch::channel(0usize);
         let dropped_tx = Arc::new(dropped_tx);
-        let (r, s) = (received.clone(), scripts.clone());
+        let frames_sent = Arc::new(AtomicUsize::new(0));
+        let (r, s, f) = (received.clone(), scripts.clone(), frames_sent.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
-                let (r, s, d) = (r.clone(), s.clone(), dropped_tx.clone());
+                let (r, s, d, f) = (r.clone(), s.clone(), dropped_tx.clone(), f.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| handle(req, r.clone(), s.clone(), d.clone()));
+                    let svc = service_fn(move |req| {
+                        handle(req, r.clone(), s.clone(), d.clone(), f.clone())
+                    });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
@@ -143,6 +149,7 @@ impl MockUpstream {
             received,
             scripts,
             dropped,
+            frames_sent,
         }
     }
 
@@ -162,6 +169,10 @@ impl MockUpstream {
         self.received().pop().expect("the mock received a request")
     }
 
+    pub fn frames_sent(&self) -> usize {
+        self.frames_sent.load(Ordering::SeqCst)
+    }
+
     /// Waits until a streamed body was dropped unfinished (the gateway hung up).
     pub async fn wait_dropped(&self, within: Duration) -> bool {
         let mut rx = self.dropped.clone();
@@ -178,6 +189,7 @@ async fn handle(
     received: Arc<Mutex<Vec<Received>>>,
     scripts: Arc<Mutex<VecDeque<Script>>>,
     dropped: Arc<watch::Sender<usize>>,
+    frames_sent: Arc<AtomicUsize>,
 ) -> Result<Response<MockBody>, Infallible> {
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
@@ -241,6 +253,7 @@ async fn handle(
             let total = frames.len();
             let guard = DropGuard {
                 sent: 0,
+                frames_sent,
                 total,
                 dropped,
             };
@@ -252,6 +265,7 @@ async fn handle(
                         tokio::time::sleep(gap).await;
                     }
                     guard.sent += 1;
+                    guard.frames_sent.fetch_add(1, Ordering::SeqCst);
                     Some((next.map(Frame::data), (it, guard)))
                 },
             );
@@ -270,6 +284,7 @@ async fn handle(
 /// Notes when a stream body is dropped before all its frames were sent.
 struct DropGuard {
     sent: usize,
+    frames_sent: Arc<AtomicUsize>,
     total: usize,
     dropped: Arc<watch::Sender<usize>>,
 }
