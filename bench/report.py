@@ -129,6 +129,27 @@ def main():
                 f"| {f(mib(t.get('gw_hwm_kib')), '{:.1f}')} | {all_ok} |"
             )
     print()
+    xrows = []
+    for mode in ("plain", "stream"):
+        d, x, o, t = (by.get((mode, 1, k)) for k in ("direct", "xcore", "samecore", "tollgate"))
+        if d and x and o and t:
+            d50, x50, o50, t50 = (pct_ms(s["result"], "p50") for s in (d, x, o, t))
+            label = "non-streaming" if mode == "plain" else "streaming"
+            xrows.append(
+                f"| {label} | {d50:.3f} | {x50:.3f} | {t50:.3f} | {t50 - d50:+.3f} "
+                f"| {o50:.3f} | {o50 - d50:+.3f} | {f(cpu_us_per_req(o), '{:.1f}')} |"
+            )
+    if xrows:
+        print("Concurrency 1, p50 latency in ms, with two controls. *Direct, cross-core*: the mock "
+              "alone on core 1, so each request and answer crosses cores once (the price of waking "
+              "an idle core). Through tollgate on core 1 they cross cores twice per request "
+              "(oha → tollgate → mock and back). *Tollgate on core 0*: a second tollgate pinned with "
+              "oha and the mock, so nothing crosses cores and the difference to direct is tollgate's "
+              "own work on the critical path.\n")
+        print("| scenario | direct | direct, cross-core | tollgate (core 1) | added | tollgate on core 0 | added | core-0 tollgate CPU µs/req |")
+        print("|---|--:|--:|--:|--:|--:|--:|--:|")
+        print("\n".join(xrows))
+        print()
     print(
         "Latencies are oha's, client-side, until the whole body has been read (for streams: "
         "until `data: [DONE]`). CPU µs/req = (utime+stime of the process over the measured run) "
@@ -179,12 +200,13 @@ def main():
     s16 = by.get(("stream", 16, "tollgate"))
     target("CPU per non-streaming request, c=16", t16 and cpu_us_per_req(t16), 30, "µs")
     target("CPU per 20-chunk stream, c=16", s16 and cpu_us_per_req(s16), 200, "µs")
-    d1, t1 = by.get(("plain", 1, "direct")), by.get(("plain", 1, "tollgate"))
-    if d1 and t1:
-        target("added p50, non-streaming, c=1", pct_ms(t1["result"], "p50") - pct_ms(d1["result"], "p50"), 0.1, "ms", "{:.3f}")
-    sd1, st1 = by.get(("stream", 1, "direct")), by.get(("stream", 1, "tollgate"))
-    if sd1 and st1:
-        target("added p50, streaming, c=1", pct_ms(st1["result"], "p50") - pct_ms(sd1["result"], "p50"), 0.1, "ms", "{:.3f}")
+    for mode, label in (("plain", "non-streaming"), ("stream", "streaming")):
+        d1 = by.get((mode, 1, "direct"))
+        for kind, where in (("tollgate", "tollgate on its own core"), ("samecore", "everything on one core")):
+            t1 = by.get((mode, 1, kind))
+            if d1 and t1:
+                added = pct_ms(t1["result"], "p50") - pct_ms(d1["result"], "p50")
+                target(f"added p50, {label}, c=1, {where}", added, 0.1, "ms", "{:.3f}")
     target("peak RSS, non-streaming c=16", t16 and mib(t16.get("gw_hwm_kib")), 20, "MiB")
     target("peak RSS, streaming c=16", s16 and mib(s16.get("gw_hwm_kib")), 20, "MiB")
     for s in slow:

@@ -15,7 +15,7 @@
 #   BENCH_SLOW_SECONDS duration of the slow-stream scenario     (10)
 #   BENCH_SKIP_BUILD   1 = use the binaries already built
 #   BENCH_OUT          results directory        (bench/results/<timestamp>)
-#   BENCH_PORT_BASE    first of four loopback ports used        (19180)
+#   BENCH_PORT_BASE    first of six loopback ports used         (19180)
 #   BENCH_PERF         1 = also `perf record -g` tollgate during the c=16
 #                      non-streaming run (perf.data in BENCH_OUT)
 #
@@ -39,6 +39,8 @@ MOCK_PORT=$PORT_BASE
 SLOW_MOCK_PORT=$((PORT_BASE + 1))
 GW_PORT=$((PORT_BASE + 2))
 SLOW_GW_PORT=$((PORT_BASE + 3))
+XCORE_PORT=$((PORT_BASE + 4))
+SAMECORE_PORT=$((PORT_BASE + 5))
 OUT=${BENCH_OUT:-"$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)"}
 CLK_TCK=$(getconf CLK_TCK)
 MOCK_CORE=0
@@ -78,6 +80,10 @@ else
     OHA_JSON=(-j)
 fi
 OHA_EXTRA=(--no-tui)
+# oha is pinned to one core: one runtime thread is enough and switches less.
+if grep -q -- '--worker-threads' <<<"$OHA_HELP"; then
+    OHA_EXTRA+=(--worker-threads 1)
+fi
 # Let requests in flight at the deadline finish instead of counting them as errors.
 if grep -q -- '--wait-ongoing-requests-after-deadline' <<<"$OHA_HELP"; then
     OHA_EXTRA+=(--wait-ongoing-requests-after-deadline)
@@ -140,18 +146,18 @@ wait_port() {
     die "nothing listens on 127.0.0.1:$port"
 }
 
-start_mock() { # port extra-args... ; sets LAST_PID
-    local port=$1
-    shift
-    taskset -c "$MOCK_CORE" "$MOCK" --listen "127.0.0.1:$port" --chunks "$CHUNKS" "$@" \
+start_mock() { # core port extra-args... ; sets LAST_PID
+    local core=$1 port=$2
+    shift 2
+    taskset -c "$core" "$MOCK" --listen "127.0.0.1:$port" --chunks "$CHUNKS" "$@" \
         >>"$OUT/mock.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
     wait_port "$port"
 }
 
-start_gateway() { # port ; sets LAST_PID
-    RUST_LOG=warn taskset -c "$GW_CORE" "$TOLLGATE" serve --config "$WORK/tollgate.yaml" \
+start_gateway() { # port [core] ; sets LAST_PID
+    RUST_LOG=warn taskset -c "${2:-$GW_CORE}" "$TOLLGATE" serve --config "$WORK/tollgate.yaml" \
         --listen "127.0.0.1:$1" >>"$OUT/tollgate.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
@@ -171,8 +177,16 @@ reset_peak_rss() { # VmHWM := VmRSS (Linux >= 4.0); 0 on success
     { echo 5 >"/proc/$1/clear_refs"; } 2>/dev/null
 }
 
-start_mock "$MOCK_PORT"
+start_mock "$MOCK_CORE" "$MOCK_PORT"
 MOCK_PID=$LAST_PID
+# Control for the c=1 latency: the mock alone on tollgate's core, so a direct
+# request crosses cores once (a request through tollgate crosses four times).
+start_mock "$GW_CORE" "$XCORE_PORT"
+XCORE_PID=$LAST_PID
+# Second control: a tollgate on core 0 with the mock and oha, so nothing
+# crosses cores and the added latency is tollgate's own work.
+start_gateway "$SAMECORE_PORT" "$MOCK_CORE"
+SAMECORE_PID=$LAST_PID
 start_gateway "$GW_PORT"
 GW_PID=$LAST_PID
 GW_IDLE_RSS_KIB=$(status_kib "$GW_PID" VmRSS)
@@ -199,10 +213,13 @@ check() { # name url body-file
 }
 DIRECT_URL="http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
 GW_URL="http://127.0.0.1:$GW_PORT/v1/chat/completions"
+XCORE_URL="http://127.0.0.1:$XCORE_PORT/v1/chat/completions"
+SAMECORE_URL="http://127.0.0.1:$SAMECORE_PORT/v1/chat/completions"
 check "direct" "$DIRECT_URL" "$WORK/body.json"
 check "direct stream" "$DIRECT_URL" "$WORK/stream.json"
 check "tollgate" "$GW_URL" "$WORK/body.json"
 check "tollgate stream" "$GW_URL" "$WORK/stream.json"
+check "tollgate core 0" "$SAMECORE_URL" "$WORK/body.json"
 
 oha_run() { # out-json url body-file concurrency duration-s
     taskset -c "$LOAD_CORE" oha "${OHA_EXTRA[@]}" "${OHA_JSON[@]}" -z "${5}s" -c "$4" \
@@ -219,18 +236,30 @@ for mode in plain stream; do
     body=$WORK/body.json
     [ "$mode" = stream ] && body=$WORK/stream.json
     for c in $CONCURRENCY; do
-        for target in direct tollgate; do
-            url=$DIRECT_URL
-            [ "$target" = tollgate ] && url=$GW_URL
+        targets="direct tollgate"
+        [ "$c" = 1 ] && targets="direct xcore samecore tollgate"
+        for target in $targets; do
+            case $target in
+            direct) url=$DIRECT_URL ;;
+            xcore) url=$XCORE_URL ;;
+            samecore) url=$SAMECORE_URL ;;
+            tollgate) url=$GW_URL ;;
+            esac
             name=$mode-c$c-$target
             log "$name"
             [ "$WARMUP" = 0 ] || oha_run "$WORK/warmup.json" "$url" "$body" "$c" "$WARMUP"
-            reset_peak_rss "$GW_PID" && hwm_reset=true || hwm_reset=false
-            gw0=$(cpu_ticks "$GW_PID")
-            mock0=$(cpu_ticks "$MOCK_PID")
+            gw_pid=$GW_PID
+            [ "$target" = samecore ] && gw_pid=$SAMECORE_PID
+            reset_peak_rss "$gw_pid" && hwm_reset=true || hwm_reset=false
+            gw0=$(cpu_ticks "$gw_pid")
+            mock_pid=$MOCK_PID
+            [ "$target" = xcore ] && mock_pid=$XCORE_PID
+            mock0=$(cpu_ticks "$mock_pid")
             perf_pid=
             if [ "${BENCH_PERF:-0}" = 1 ] && [ "$target" = tollgate ] && [ "$mode" = plain ] && [ "$c" = 16 ]; then
-                perf record -g -F 999 -p "$GW_PID" -o "$OUT/perf.data" -- sleep "$SECONDS_PER" \
+                # No hardware counters in most VMs: sample the cpu-clock; no frame
+                # pointers in the release build: unwind with DWARF.
+                perf record -e cpu-clock -F 499 --call-graph dwarf,16384 -p "$GW_PID" -o "$OUT/perf.data" -- sleep "$SECONDS_PER" \
                     2>>"$OUT/perf.log" &
                 perf_pid=$!
             fi
@@ -238,12 +267,12 @@ for mode in plain stream; do
             oha_run "$OUT/$name.json" "$url" "$body" "$c" "$SECONDS_PER"
             t1=$(date +%s.%N)
             [ -z "$perf_pid" ] || wait "$perf_pid" || true
-            gw1=$(cpu_ticks "$GW_PID")
-            mock1=$(cpu_ticks "$MOCK_PID")
+            gw1=$(cpu_ticks "$gw_pid")
+            mock1=$(cpu_ticks "$mock_pid")
             printf '{"name":"%s","mode":"%s","concurrency":%s,"target":"%s","oha":"%s","wall_s":%s,"clk_tck":%s,"gw_cpu_ticks":%s,"mock_cpu_ticks":%s,"gw_hwm_kib":%s,"gw_rss_kib":%s,"hwm_reset":%s}\n' \
                 "$name" "$mode" "$c" "$target" "$name.json" "$(elapsed "$t0" "$t1")" "$CLK_TCK" \
-                $((gw1 - gw0)) $((mock1 - mock0)) "$(status_kib "$GW_PID" VmHWM)" \
-                "$(status_kib "$GW_PID" VmRSS)" "$hwm_reset" >>"$META"
+                $((gw1 - gw0)) $((mock1 - mock0)) "$(status_kib "$gw_pid" VmHWM)" \
+                "$(status_kib "$gw_pid" VmRSS)" "$hwm_reset" >>"$META"
         done
     done
 done
@@ -251,7 +280,7 @@ done
 # Slow streams: a fresh gateway, SLOW_CONNS streams held open at once, each
 # event SLOW_MS apart (about (CHUNKS+3) * SLOW_MS per stream).
 log "slow-$SLOW_CONNS: $SLOW_CONNS concurrent streams, ${SLOW_MS} ms between events, ${SLOW_SECONDS}s"
-start_mock "$SLOW_MOCK_PORT" --slow-ms "$SLOW_MS"
+start_mock "$MOCK_CORE" "$SLOW_MOCK_PORT" --slow-ms "$SLOW_MS"
 start_gateway "$SLOW_GW_PORT"
 SLOW_GW_PID=$LAST_PID
 SLOW_URL="http://127.0.0.1:$SLOW_GW_PORT/v1/chat/completions"
@@ -280,7 +309,7 @@ printf '{"name":"%s","mode":"slow","concurrency":%s,"target":"tollgate","oha":"%
     "$slow_idle" "$(cat "$WORK/slow_fds" 2>/dev/null || echo 0)" "$SLOW_MS" >>"$META"
 
 cat >"$OUT/machine.json" <<EOF
-{"nproc": $NPROC, "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')", "kernel": "$(uname -r)", "oha": "$OHA_VERSION", "seconds": $SECONDS_PER, "warmup": $WARMUP, "chunks": $CHUNKS, "gw_idle_rss_kib": $GW_IDLE_RSS_KIB, "mock_core": $MOCK_CORE, "gw_core": $GW_CORE, "load_core": $LOAD_CORE, "command": "BENCH_SECONDS=$SECONDS_PER bench/run.sh"}
+{"nproc": $NPROC, "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')", "kernel": "$(uname -r)", "oha": "$OHA_VERSION", "seconds": $SECONDS_PER, "warmup": $WARMUP, "chunks": $CHUNKS, "gw_idle_rss_kib": $GW_IDLE_RSS_KIB, "gw_threads": $(status_kib "$GW_PID" Threads), "mock_core": $MOCK_CORE, "gw_core": $GW_CORE, "load_core": $LOAD_CORE, "command": "BENCH_SECONDS=$SECONDS_PER bench/run.sh"}
 EOF
 
 python3 "$ROOT/bench/report.py" "$OUT" | tee "$OUT/report.md"

@@ -40,8 +40,8 @@ const CREATED: u64 = 1_750_000_000;
 const MODEL: &str = "gpt-4o-mini-2024-07-18";
 const FINGERPRINT: &str = "fp_34a54ae93c";
 const WORDS: &[&str] = &[
-    "The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ",", " and",
-    " then", " it", " rests", " beneath", " an", " old", " oak", " tree", ".",
+    "The", " quick", " brown", " fox", " jumps", " over", " the", " lazy", " dog", ",", " and", " then", " it",
+    " rests", " beneath", " an", " old", " oak", " tree", ".",
 ];
 
 struct Config {
@@ -89,8 +89,9 @@ fn json_str(s: &str) -> String {
     serde_json::to_string(s).expect("a string serialises")
 }
 
-fn completion_json(chunks: usize) -> String {
-    let content: String = (0..chunks).map(|i| WORDS[i % WORDS.len()]).collect();
+fn completion_json() -> String {
+    // A short sentence keeps the answer near 500 bytes, like a typical small completion.
+    let content: String = WORDS[..9].concat();
     format!(
         concat!(
             r#"{{"id":"{id}","object":"chat.completion","created":{created},"model":"{model}","#,
@@ -98,15 +99,15 @@ fn completion_json(chunks: usize) -> String {
             r#""logprobs":null,"finish_reason":"stop"}}],"#,
             r#""usage":{{"prompt_tokens":24,"completion_tokens":{n},"total_tokens":{total},"#,
             r#""prompt_tokens_details":{{"cached_tokens":0,"audio_tokens":0}},"#,
-            r#""completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0,"accepted_prediction_tokens":0,"rejected_prediction_tokens":0}}}},"#,
+            r#""completion_tokens_details":{{"reasoning_tokens":0,"audio_tokens":0}}}},"#,
             r#""service_tier":"default","system_fingerprint":"{fp}"}}"#
         ),
         id = ID,
         created = CREATED,
         model = MODEL,
         content = json_str(&content),
-        n = chunks,
-        total = 24 + chunks,
+        n = 10,
+        total = 34,
         fp = FINGERPRINT,
     )
 }
@@ -130,8 +131,7 @@ fn stream_events(chunks: usize) -> Vec<Bytes> {
         } else {
             format!(r#"{{"content":{word}}}"#)
         };
-        let choices =
-            format!(r#"[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":null}}]"#);
+        let choices = format!(r#"[{{"index":0,"delta":{delta},"logprobs":null,"finish_reason":null}}]"#);
         events.push(sse(&chunk_json(&choices, "null")));
     }
     events.push(sse(&chunk_json(
@@ -188,18 +188,13 @@ impl Body for EventBody {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         if this.next >= this.events.len() {
             return Poll::Ready(None);
         }
         if let (Some(gap), true) = (this.slow, this.next > 0) {
-            let sleep = this
-                .sleep
-                .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+            let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
             if sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
@@ -225,10 +220,7 @@ impl Body for Reply {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Reply::Full(b) => Pin::new(b).poll_frame(cx),
             Reply::Events(b) => Pin::new(b).poll_frame(cx),
@@ -256,10 +248,7 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Reply> {
     resp
 }
 
-async fn handle(
-    answers: Arc<Answers>,
-    req: Request<Incoming>,
-) -> Result<Response<Reply>, Infallible> {
+async fn handle(answers: Arc<Answers>, req: Request<Incoming>) -> Result<Response<Reply>, Infallible> {
     if req.method() != Method::POST {
         return Ok(plain(StatusCode::METHOD_NOT_ALLOWED, "POST only\n"));
     }
@@ -296,7 +285,7 @@ async fn handle(
 fn main() {
     let cfg = parse_args();
     let answers = Arc::new(Answers {
-        completion: Bytes::from(completion_json(cfg.chunks)),
+        completion: Bytes::from(completion_json()),
         events: stream_events(cfg.chunks).into(),
         slow: cfg.slow,
     });

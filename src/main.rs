@@ -25,12 +25,7 @@ enum Command {
     /// Run the gateway.
     Serve {
         /// The config file.
-        #[arg(
-            short,
-            long,
-            env = "TOLLGATE_CONFIG",
-            default_value = "config/tollgate.yaml"
-        )]
+        #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = "config/tollgate.yaml")]
         config: PathBuf,
         /// Listen on this address instead of the config's `server.listen`.
         #[arg(short, long, env = "TOLLGATE_LISTEN")]
@@ -61,30 +56,21 @@ fn main() -> ExitCode {
 fn check(path: &std::path::Path) -> ExitCode {
     match config::load(path) {
         Ok(cfg) => {
-            let missing: Vec<String> = cfg
-                .providers
-                .iter()
-                .filter_map(|p| match &p.kind {
-                    config::ProviderKind::OpenAi(h)
-                    | config::ProviderKind::Azure { http: h, .. } => match &h.key {
-                        config::KeyState::Missing(vars) => Some(format!(
-                            "  provider `{}`: {} not set; its models will answer 503 until it is",
-                            p.name,
-                            vars.join(", ")
-                        )),
-                        _ => None,
-                    },
-                    _ => None,
-                })
-                .collect();
+            if let Some(problem) = cfg.exposure_problem() {
+                eprintln!("{}: {problem}", path.display());
+                return ExitCode::FAILURE;
+            }
             println!(
                 "{}: ok ({} providers, {} models)",
                 path.display(),
                 cfg.providers.len(),
                 cfg.models.len()
             );
-            for line in missing {
-                println!("{line}");
+            for (provider, vars) in cfg.providers_without_keys() {
+                println!(
+                    "  provider `{provider}`: {} not set; its models will answer 503 until it is",
+                    vars.join(", ")
+                );
             }
             ExitCode::SUCCESS
         }
@@ -116,11 +102,12 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
     if let Some(addr) = listen {
         cfg.server.listen = addr;
     }
+    if let Some(problem) = cfg.exposure_problem() {
+        eprintln!("tollgate did not start: {problem}");
+        return ExitCode::FAILURE;
+    }
     init_logging(cfg.logging.format, cfg.logging.level.as_deref());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("cannot start the async runtime: {e}");
@@ -137,8 +124,26 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
         };
         let addr = listener.local_addr().map_or_else(|_| cfg.server.listen.to_string(), |a| a.to_string());
         let gateway = Arc::new(Gateway::from_config(&cfg));
+        for (provider, vars) in cfg.providers_without_keys() {
+            tracing::warn!(provider, missing = %vars.join(", "), "provider has no API key: its models answer 503 until it is set");
+        }
+        if cfg.auth_keys.is_empty() {
+            tracing::warn!("auth.keys is empty: any client that reaches the gateway can use it");
+        }
         tracing::info!(%addr, config = %path.display(), models = cfg.models.len(), providers = cfg.providers.len(), "tollgate listening");
-        match server::serve(listener, gateway, server::shutdown_signal()).await {
+        // The first SIGTERM/SIGINT drains; a second one exits at once.
+        let (first_signal, drained) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            server::shutdown_signal().await;
+            let _ = first_signal.send(());
+            server::shutdown_signal().await;
+            tracing::warn!("second signal: exiting without waiting for in-flight requests");
+            std::process::exit(130);
+        });
+        let shutdown = async {
+            let _ = drained.await;
+        };
+        match server::serve(listener, gateway, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "server failed");
@@ -154,9 +159,7 @@ fn healthcheck(addr: std::net::SocketAddr) -> ExitCode {
     let timeout = std::time::Duration::from_secs(3);
     let result = std::net::TcpStream::connect_timeout(&addr, timeout).and_then(|mut s| {
         s.set_read_timeout(Some(timeout))?;
-        s.write_all(
-            format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )?;
+        s.write_all(format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())?;
         let mut head = [0u8; 12];
         s.read_exact(&mut head)?;
         Ok(head)
@@ -175,8 +178,7 @@ fn healthcheck(addr: std::net::SocketAddr) -> ExitCode {
 }
 
 fn init_logging(format: LogFormat, level: Option<&str>) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

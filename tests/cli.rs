@@ -23,15 +23,9 @@ fn version_and_help() {
     let out = Command::new(BIN).arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(help.contains("serve") && help.contains("check"), "{help}");
-    let out = Command::new(BIN)
-        .args(["serve", "--help"])
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["serve", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        help.contains("--config") && help.contains("--listen"),
-        "{help}"
-    );
+    assert!(help.contains("--config") && help.contains("--listen"), "{help}");
 }
 
 #[test]
@@ -44,11 +38,7 @@ fn check_accepts_the_shipped_config_without_any_keys() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(": ok ("), "{stdout}");
     assert!(stdout.contains("OPENAI_API_KEY not set"), "{stdout}");
 }
@@ -58,11 +48,7 @@ fn check_points_at_the_line_of_every_mistake() {
     let cfg = write_config(
         "server:\n  listen: 127.0.0.1:4000\nproviders:\n  sim:\n    kind: simulated\nmodels:\n  - name: a\n    provider: sim\n  - name: b\n    provider: simm\n",
     );
-    let out = Command::new(BIN)
-        .args(["check"])
-        .arg(cfg.path())
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check"]).arg(cfg.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -71,17 +57,10 @@ fn check_points_at_the_line_of_every_mistake() {
     );
 
     let cfg = write_config("server:\n  listen: 127.0.0.1:4000\n  max_bdy: 1MiB\n");
-    let out = Command::new(BIN)
-        .args(["check"])
-        .arg(cfg.path())
-        .output()
-        .unwrap();
+    let out = Command::new(BIN).args(["check"]).arg(cfg.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("line 3, column 3") && err.contains("max_bdy"),
-        "{err}"
-    );
+    assert!(err.contains("line 3, column 3") && err.contains("max_bdy"), "{err}");
 
     let out = Command::new(BIN)
         .args(["check", "/nonexistent/tollgate.yaml"])
@@ -139,10 +118,7 @@ fn start(config: &str) -> (Server, tempfile::NamedTempFile) {
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "tollgate did not start listening"
-        );
+        assert!(Instant::now() < deadline, "tollgate did not start listening");
         std::thread::sleep(Duration::from_millis(20));
     }
     (Server { child, addr, logs }, cfg)
@@ -184,25 +160,12 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
         .args(["healthcheck", "--addr", &server.addr])
         .output()
         .unwrap();
-    assert!(
-        probe.status.success(),
-        "{}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
+    assert!(probe.status.success(), "{}", String::from_utf8_lossy(&probe.stderr));
     // About one second of stream remains: signal now.
     let pid = server.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let text = resp.text().await.unwrap();
-    assert!(
-        text.ends_with("data: [DONE]\n\n"),
-        "the stream finished: {text}"
-    );
+    assert!(text.ends_with("data: [DONE]\n\n"), "the stream finished: {text}");
     assert_eq!(
         text.matches("data: ").count(),
         20 + 3,
@@ -213,10 +176,7 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
         if let Some(s) = server.child.try_wait().unwrap() {
             break s;
         }
-        assert!(
-            Instant::now() < deadline,
-            "tollgate did not exit after draining"
-        );
+        assert!(Instant::now() < deadline, "tollgate did not exit after draining");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success());
@@ -224,10 +184,7 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
         .args(["healthcheck", "--addr", &server.addr])
         .output()
         .unwrap();
-    assert!(
-        !probe.status.success(),
-        "healthcheck fails once the gateway is gone"
-    );
+    assert!(!probe.status.success(), "healthcheck fails once the gateway is gone");
     // JSON logs, one object per line, with the request id; never the gateway key.
     let logs: Vec<String> = server.logs.try_iter().collect();
     let access = logs

@@ -76,11 +76,7 @@ models:
         base = mock.base_url(),
         addr = mock.addr,
     );
-    let gw = TestGateway::start(
-        &yaml,
-        &[("GW_KEY", GW_KEY), ("UP_KEY", UP_KEY), ("AZ_KEY", AZ_KEY)],
-    )
-    .await;
+    let gw = TestGateway::start(&yaml, &[("GW_KEY", GW_KEY), ("UP_KEY", UP_KEY), ("AZ_KEY", AZ_KEY)]).await;
     (mock, gw)
 }
 
@@ -90,10 +86,7 @@ fn client() -> reqwest::Client {
         AUTHORIZATION,
         HeaderValue::from_str(&format!("Bearer {GW_KEY}")).unwrap(),
     );
-    reqwest::Client::builder()
-        .default_headers(h)
-        .build()
-        .unwrap()
+    reqwest::Client::builder().default_headers(h).build().unwrap()
 }
 
 fn chat(model: &str) -> Value {
@@ -155,10 +148,9 @@ async fn chat_passes_through_exactly_what_the_client_sent() {
     assert_eq!(got.headers["x-org"], "team-a");
     assert_eq!(got.headers["x-request-id"], "req-abc-123");
     assert!(
-        !got.headers.values().any(|v| v
-            .as_bytes()
-            .windows(GW_KEY.len())
-            .any(|w| w == GW_KEY.as_bytes())),
+        !got.headers
+            .values()
+            .any(|v| v.as_bytes().windows(GW_KEY.len()).any(|w| w == GW_KEY.as_bytes())),
         "the gateway key never goes upstream"
     );
 }
@@ -183,11 +175,7 @@ async fn streaming_relays_every_chunk_and_the_usage_chunk_when_asked() {
         .filter_map(|e| e.strip_prefix("data: "))
         .map(str::to_owned)
         .collect();
-    assert_eq!(
-        sse_data(&text),
-        expected,
-        "byte-identical chunks, then [DONE]"
-    );
+    assert_eq!(sse_data(&text), expected, "byte-identical chunks, then [DONE]");
     assert_eq!(mock.last().body["stream_options"]["include_usage"], true);
 
     let m = gw.metrics().await;
@@ -225,10 +213,7 @@ async fn stream_without_include_usage_hides_the_usage_chunk_but_meters_it() {
     assert_eq!(data.last().unwrap(), "[DONE]");
     for d in &data[..data.len() - 1] {
         let v: Value = serde_json::from_str(d).unwrap();
-        assert!(
-            !v["choices"].as_array().unwrap().is_empty(),
-            "no usage-only chunk: {d}"
-        );
+        assert!(!v["choices"].as_array().unwrap().is_empty(), "no usage-only chunk: {d}");
     }
     // The gateway asked upstream for usage anyway, to meter the stream.
     assert_eq!(mock.last().body["stream_options"]["include_usage"], true);
@@ -253,7 +238,12 @@ async fn stream_without_include_usage_hides_the_usage_chunk_but_meters_it() {
 async fn completions_and_embeddings_pass_through() {
     let (mock, gw) = setup().await;
     let c = client();
-    let resp = c.post(gw.url("/v1/completions")).json(&json!({"model": "gpt-test", "prompt": "Say this is a test", "max_tokens": 7, "echo": false})).send().await.unwrap();
+    let resp = c
+        .post(gw.url("/v1/completions"))
+        .json(&json!({"model": "gpt-test", "prompt": "Say this is a test", "max_tokens": 7, "echo": false}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.json::<Value>().await.unwrap(),
@@ -272,7 +262,12 @@ async fn completions_and_embeddings_pass_through() {
     assert_eq!(data.last().unwrap(), "[DONE]");
     assert!(data.len() > 2);
 
-    let resp = c.post(gw.url("/v1/embeddings")).json(&json!({"model": "gpt-test", "input": ["a", "b"], "encoding_format": "float", "dimensions": 3})).send().await.unwrap();
+    let resp = c
+        .post(gw.url("/v1/embeddings"))
+        .json(&json!({"model": "gpt-test", "input": ["a", "b"], "encoding_format": "float", "dimensions": 3}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.json::<Value>().await.unwrap(),
@@ -306,14 +301,7 @@ async fn models_lists_configured_models_and_aliases() {
         .collect();
     assert_eq!(
         ids,
-        [
-            "gpt-test",
-            "fast",
-            "azure-test",
-            "dead-model",
-            "nokey-model",
-            "sim"
-        ]
+        ["gpt-test", "fast", "azure-test", "dead-model", "nokey-model", "sim"]
     );
     assert_eq!(v["data"][0]["object"], "model");
     assert_eq!(v["data"][0]["owned_by"], "up");
@@ -358,18 +346,9 @@ async fn azure_uses_deployment_url_api_version_and_api_key() {
 async fn health_and_ready_need_no_key() {
     let (_mock, gw) = setup().await;
     let plain = reqwest::Client::new();
-    assert_eq!(
-        plain.get(gw.url("/health")).send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        plain.get(gw.url("/ready")).send().await.unwrap().status(),
-        200
-    );
-    assert_eq!(
-        plain.get(gw.url("/metrics")).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(plain.get(gw.url("/health")).send().await.unwrap().status(), 200);
+    assert_eq!(plain.get(gw.url("/ready")).send().await.unwrap().status(), 200);
+    assert_eq!(plain.get(gw.url("/metrics")).send().await.unwrap().status(), 200);
 }
 
 // ---------- bad input ----------
@@ -394,18 +373,11 @@ async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() {
     )
     .await;
     assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("not valid JSON"),
+        v["error"]["message"].as_str().unwrap().contains("not valid JSON"),
         "{v}"
     );
 
-    let v = assert_openai_error(
-        post(br#"{"model":"gpt-test"}"#.to_vec()).await.unwrap(),
-        400,
-    )
-    .await;
+    let v = assert_openai_error(post(br#"{"model":"gpt-test"}"#.to_vec()).await.unwrap(), 400).await;
     assert_eq!(v["error"]["param"], "messages");
 
     let v = assert_openai_error(
@@ -415,27 +387,19 @@ async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() {
         400,
     )
     .await;
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("invalid type"),
-        "{v}"
-    );
-
-    let v = assert_openai_error(post(br#"{"model":"gpt-test","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#.to_vec()).await.unwrap(), 400).await;
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("invalid type"),
-        "{v}"
-    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("invalid type"), "{v}");
 
     let v = assert_openai_error(
-        post(br#"{"model":"gpt-test","messages":[]}"#.to_vec())
+        post(br#"{"model":"gpt-test","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#.to_vec())
             .await
             .unwrap(),
+        400,
+    )
+    .await;
+    assert!(v["error"]["message"].as_str().unwrap().contains("invalid type"), "{v}");
+
+    let v = assert_openai_error(
+        post(br#"{"model":"gpt-test","messages":[]}"#.to_vec()).await.unwrap(),
         400,
     )
     .await;
@@ -446,13 +410,7 @@ async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() {
     bad_utf8.extend_from_slice(br#""}]}"#);
     assert_openai_error(post(bad_utf8).await.unwrap(), 400).await;
 
-    let v = assert_openai_error(
-        post(serde_json::to_vec(&chat("gpt-9000")).unwrap())
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
+    let v = assert_openai_error(post(serde_json::to_vec(&chat("gpt-9000")).unwrap()).await.unwrap(), 404).await;
     assert_eq!(v["error"]["code"], "model_not_found");
 
     let huge = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x".repeat(70 * 1024)}]});
@@ -460,8 +418,7 @@ async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() {
     assert_eq!(v["error"]["code"], "request_too_large");
 
     // Without a Content-Length the limit still holds (chunked upload).
-    let chunks =
-        futures_util::stream::iter((0..80).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
+    let chunks = futures_util::stream::iter((0..80).map(|_| Ok::<_, std::io::Error>(vec![b' '; 1024])));
     let resp = c
         .post(&url)
         .body(reqwest::Body::wrap_stream(chunks))
@@ -482,10 +439,7 @@ async fn bad_input_gets_openai_errors_and_the_server_keeps_serving() {
     assert_openai_error(c.get(&url).send().await.unwrap(), 405).await;
     assert_openai_error(c.get(gw.url("/v2/nothing")).send().await.unwrap(), 404).await;
 
-    assert!(
-        mock.received().is_empty(),
-        "nothing invalid reached the upstream"
-    );
+    assert!(mock.received().is_empty(), "nothing invalid reached the upstream");
     let resp = c.post(&url).json(&chat("gpt-test")).send().await.unwrap();
     assert_eq!(resp.status(), 200, "still serving");
 
@@ -504,16 +458,7 @@ async fn wrong_or_missing_gateway_key_is_401() {
     let (mock, gw) = setup().await;
     let url = gw.url("/v1/chat/completions");
     let plain = reqwest::Client::new();
-    let v = assert_openai_error(
-        plain
-            .post(&url)
-            .json(&chat("gpt-test"))
-            .send()
-            .await
-            .unwrap(),
-        401,
-    )
-    .await;
+    let v = assert_openai_error(plain.post(&url).json(&chat("gpt-test")).send().await.unwrap(), 401).await;
     assert_eq!(v["error"]["code"], "invalid_api_key");
     assert_openai_error(
         plain
@@ -551,20 +496,14 @@ async fn upstream_errors_keep_status_and_message() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        resp.headers()["retry-after"],
-        "2",
-        "tokens exhausted, reset in 1.2s"
-    );
+    assert_eq!(resp.headers()["retry-after"], "2", "tokens exhausted, reset in 1.2s");
     let v = assert_openai_error(resp, 429).await;
     let upstream = fixture_json("openai/error_429_rate_limit.json");
     assert_eq!(v["error"]["message"], upstream["body"]["error"]["message"]);
     assert_eq!(v["error"]["code"], "rate_limit_exceeded");
     assert_eq!(v["error"]["type"], "tokens");
 
-    mock.push(Script::error_fixture(
-        "openai/error_400_context_length.json",
-    ));
+    mock.push(Script::error_fixture("openai/error_400_context_length.json"));
     let v = assert_openai_error(
         client()
             .post(gw.url("/v1/chat/completions"))
@@ -593,9 +532,7 @@ async fn upstream_errors_keep_status_and_message() {
     .await;
     assert_eq!(v["error"]["message"], "The server is overloaded");
 
-    mock.push(Script::error_fixture(
-        "azure/error_404_deployment_not_found.json",
-    ));
+    mock.push(Script::error_fixture("azure/error_404_deployment_not_found.json"));
     let v = assert_openai_error(
         client()
             .post(gw.url("/v1/chat/completions"))
@@ -649,12 +586,7 @@ async fn missing_provider_key_is_a_clear_503() {
     )
     .await;
     assert_eq!(v["error"]["code"], "provider_not_configured");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("NOT_SET_ANYWHERE")
-    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("NOT_SET_ANYWHERE"));
     assert!(mock.received().is_empty());
 }
 
@@ -673,10 +605,7 @@ async fn connection_refused_is_502() {
     .await;
     assert_eq!(v["error"]["code"], "upstream_unreachable");
     assert!(
-        !v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("127.0.0.1"),
+        !v["error"]["message"].as_str().unwrap().contains("127.0.0.1"),
         "no internal address leaks: {v}"
     );
 }
@@ -689,7 +618,7 @@ async fn no_first_byte_in_time_is_504() {
     let v = assert_openai_error(
         client()
             .post(gw.url("/v1/chat/completions"))
-            .json(&chat("gpt-test"))
+            .json(&stream_req())
             .send()
             .await
             .unwrap(),
@@ -911,7 +840,12 @@ async fn slow_reader_gets_backpressure_not_buffering() {
     // sent as fast as possible: a client that reads nothing must stall the
     // upstream, not make the gateway buffer the stream.
     const CHUNKS: usize = 5_000;
-    let big: Vec<String> = (0..CHUNKS).map(|i| json!({"id": "c", "choices": [{"index": 0, "delta": {"content": format!("{i:05}{}", "x".repeat(4000))}}]}).to_string()).collect();
+    let big: Vec<String> = (0..CHUNKS)
+        .map(|i| {
+            json!({"id": "c", "choices": [{"index": 0, "delta": {"content": format!("{i:05}{}", "x".repeat(4000))}}]})
+                .to_string()
+        })
+        .collect();
     mock.push(Script::Stream {
         events: big,
         gap: Duration::ZERO,
@@ -962,10 +896,7 @@ async fn slow_reader_gets_backpressure_not_buffering() {
                 .unwrap()
         })
         .collect();
-    assert!(
-        numbers.windows(2).all(|w| w[1] == w[0] + 1),
-        "in order, none lost"
-    );
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "in order, none lost");
     assert_eq!(*numbers.last().unwrap(), CHUNKS - 1);
 }
 
@@ -1015,11 +946,7 @@ async fn graceful_shutdown_lets_a_stream_finish_and_refuses_new_work() {
     let fresh = reqwest::Client::new().get(gw.url("/health")).send().await;
     assert!(fresh.is_err(), "the listener is closed");
     let text = resp.text().await.unwrap();
-    assert_eq!(
-        sse_data(&text).len(),
-        11,
-        "all ten chunks and [DONE] arrived: {text}"
-    );
+    assert_eq!(sse_data(&text).len(), 11, "all ten chunks and [DONE] arrived: {text}");
     tokio::time::timeout(Duration::from_secs(3), gw.done.take().unwrap())
         .await
         .expect("server stopped after draining")
@@ -1029,10 +956,7 @@ async fn graceful_shutdown_lets_a_stream_finish_and_refuses_new_work() {
 #[tokio::test]
 async fn http2_clients_are_served_too() {
     let (_mock, gw) = setup().await;
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
     let resp = h2
         .post(gw.url("/v1/chat/completions"))
         .bearer_auth(GW_KEY)
@@ -1070,11 +994,7 @@ async fn a_single_model_can_be_retrieved() {
     assert_eq!(v["object"], "model");
     assert_eq!(v["owned_by"], "up");
     let v = assert_openai_error(
-        client()
-            .get(gw.url("/v1/models/nope/nested"))
-            .send()
-            .await
-            .unwrap(),
+        client().get(gw.url("/v1/models/nope/nested")).send().await.unwrap(),
         404,
     )
     .await;
@@ -1099,10 +1019,7 @@ async fn simulated_provider_honours_n_prompt_lists_and_token_inputs() {
     let choices = v["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 3);
     assert_eq!(
-        choices
-            .iter()
-            .map(|c| c["index"].as_u64().unwrap())
-            .collect::<Vec<_>>(),
+        choices.iter().map(|c| c["index"].as_u64().unwrap()).collect::<Vec<_>>(),
         [0, 1, 2]
     );
     assert_eq!(v["usage"]["completion_tokens"], 15);
@@ -1135,10 +1052,7 @@ async fn simulated_provider_honours_n_prompt_lists_and_token_inputs() {
         .await
         .unwrap();
     assert_ne!(v["data"][0]["embedding"], v["data"][1]["embedding"]);
-    assert_eq!(
-        v["usage"]["prompt_tokens"], 8,
-        "one token per array element"
-    );
+    assert_eq!(v["usage"]["prompt_tokens"], 8, "one token per array element");
 
     for (path, body, param) in [
         (
@@ -1157,8 +1071,314 @@ async fn simulated_provider_honours_n_prompt_lists_and_token_inputs() {
             "max_tokens",
         ),
     ] {
-        let v =
-            assert_openai_error(c.post(gw.url(path)).json(&body).send().await.unwrap(), 400).await;
+        let v = assert_openai_error(c.post(gw.url(path)).json(&body).send().await.unwrap(), 400).await;
         assert_eq!(v["error"]["param"], param);
     }
+}
+
+#[tokio::test]
+async fn a_complete_answer_may_take_longer_than_first_byte() {
+    let (mock, gw) = setup().await;
+    // first_byte is 1s: a non-streamed answer only has its head when it is all generated.
+    mock.push(Script::Json {
+        status: 200,
+        body: fixture_json("openai/chat_response.json"),
+        headers: vec![],
+        delay: Duration::from_millis(1500),
+    });
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn the_upstream_connection_is_reused_after_a_stream() {
+    let (mock, gw) = setup().await;
+    for _ in 0..3 {
+        let text = client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&stream_req())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(mock.connections(), 1, "one pooled connection served all four requests");
+}
+
+#[tokio::test]
+async fn over_the_concurrency_limit_requests_are_shed_with_503() {
+    let (mock, gw) = setup_with("request_timeout: 5s\n  max_concurrent_requests: 1").await;
+    mock.push(Script::Stream {
+        events: content_events(5),
+        gap: Duration::from_millis(100),
+        done: true,
+        break_after: None,
+    });
+    let first = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["retry-after"], "1");
+    let v = assert_openai_error(resp, 503).await;
+    assert_eq!(v["error"]["code"], "overloaded");
+    first.text().await.unwrap();
+    // The slot is back once the stream is over.
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+#[tokio::test]
+async fn a_body_that_trickles_in_too_slowly_is_408() {
+    let (_mock, gw) = setup_with("request_timeout: 5s\n  body_timeout: 300ms").await;
+    let slow = futures_util::stream::unfold(0, |i| async move {
+        (i < 10).then_some(())?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Some((Ok::<_, std::io::Error>(b" ".to_vec()), i + 1))
+    });
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .body(reqwest::Body::wrap_stream(slow))
+        .send()
+        .await
+        .unwrap();
+    let v = assert_openai_error(resp, 408).await;
+    assert_eq!(v["error"]["code"], "request_timeout");
+}
+
+#[tokio::test]
+async fn every_rejection_is_metered() {
+    let (_mock, gw) = setup().await;
+    let plain = reqwest::Client::new();
+    plain
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    client().get(gw.url("/nope")).send().await.unwrap();
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-big", "v".repeat(9000))
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat("no-such-model"))
+        .send()
+        .await
+        .unwrap();
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="chat",model="",provider="",status="401"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="other",model="",provider="",status="404"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="chat",model="",provider="",status="431"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="chat",model="",provider="",status="404"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "tollgate_in_flight_requests"), Some(0.0));
+}
+
+#[tokio::test]
+async fn an_unusable_request_id_is_replaced() {
+    let (mock, gw) = setup().await;
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-request-id", "x".repeat(500))
+        .json(&chat("gpt-test"))
+        .send()
+        .await
+        .unwrap();
+    let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(id.len(), 36, "a generated UUID: {id}");
+    assert_eq!(mock.last().headers["x-request-id"], id.as_str());
+}
+
+#[tokio::test]
+async fn stream_events_odd_but_valid_and_invalid() {
+    let (mock, gw) = setup().await;
+    // A pretty-printed event spans several `data:` lines; an empty event is skipped.
+    let pretty = "{\n\"id\": \"c1\",\n\"choices\": [{\"index\": 0, \"delta\": {\"content\": \"hi\"}}]\n}".to_owned();
+    mock.push(Script::Stream {
+        events: vec![pretty.replace('\n', "\ndata: "), String::new()],
+        gap: Duration::ZERO,
+        done: true,
+        break_after: None,
+    });
+    let text = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 2, "{text}");
+    let joined: String = events[0]
+        .lines()
+        .map(|l| l.strip_prefix("data: ").unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    let v: Value = serde_json::from_str(&joined).unwrap();
+    assert_eq!(v["choices"][0]["delta"]["content"], "hi");
+
+    mock.push(Script::Stream {
+        events: content_events(1)
+            .into_iter()
+            .chain(["<html>oops</html>".to_owned()])
+            .collect(),
+        gap: Duration::ZERO,
+        done: true,
+        break_after: None,
+    });
+    let text = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(sse_data(&text).last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_invalid_response");
+}
+
+#[tokio::test]
+async fn validation_statuses_from_compatible_servers_become_400() {
+    let (mock, gw) = setup().await;
+    mock.push(Script::json(
+        422,
+        json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"}),
+    ));
+    let v = assert_openai_error(
+        client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&chat("gpt-test"))
+            .send()
+            .await
+            .unwrap(),
+        400,
+    )
+    .await;
+    assert!(v["error"]["message"].as_str().unwrap().contains("temperature"));
+}
+
+#[tokio::test]
+async fn stream_usage_can_be_turned_off_for_servers_that_reject_it() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        "providers:\n  strict: {{ kind: openai, base_url: {}, stream_usage: false }}\nmodels:\n  - {{ name: m, provider: strict }}\n",
+        mock.base_url()
+    );
+    let gw = TestGateway::start(&yaml, &[]).await;
+    let mut req = chat("m");
+    req["stream"] = json!(true);
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.text().await.unwrap();
+    assert!(mock.last().body.get("stream_options").is_none());
+}
+
+#[tokio::test]
+async fn time_to_first_token_is_measured_at_the_first_content() {
+    let (mock, gw) = setup().await;
+    let role = json!({"id": "c1", "object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}).to_string();
+    let mut events = vec![role];
+    events.extend(content_events(2));
+    mock.push(Script::Stream {
+        events,
+        gap: Duration::from_millis(300),
+        done: true,
+        break_after: None,
+    });
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&stream_req())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let m = gw.metrics().await;
+    let labels = r#"{endpoint="chat",model="gpt-test",provider="up""#;
+    assert_eq!(
+        metric(&m, &format!("tollgate_time_to_first_token_seconds_count{labels}}}")),
+        Some(1.0)
+    );
+    // The role chunk came at once, the first content 300 ms later.
+    assert_eq!(
+        metric(
+            &m,
+            &format!("tollgate_time_to_first_token_seconds_bucket{labels},le=\"0.25\"}}")
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            &format!("tollgate_time_to_first_token_seconds_bucket{labels},le=\"0.5\"}}")
+        ),
+        Some(1.0)
+    );
 }

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::{Invalid, MAX_CHOICES, check_range};
+
 /// A chat-completions request as the client sent it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ChatRequest {
@@ -51,15 +53,12 @@ impl ChatRequest {
     }
 
     /// Checks the rules serde cannot express. Returns `(message, param)`.
-    pub fn validate(&self) -> Result<(), (String, &'static str)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.model.is_empty() {
             return Err(("`model` must not be empty".into(), "model"));
         }
         if self.messages.is_empty() {
-            return Err((
-                "`messages` must contain at least one message".into(),
-                "messages",
-            ));
+            return Err(("`messages` must contain at least one message".into(), "messages"));
         }
         if self.stream_options.is_some() && !self.is_stream() {
             return Err((
@@ -70,23 +69,16 @@ impl ChatRequest {
         if let Some(t) = self.temperature
             && !(0.0..=2.0).contains(&t)
         {
-            return Err((
-                format!("`temperature` must be between 0 and 2, got {t}"),
-                "temperature",
-            ));
+            return Err((format!("`temperature` must be between 0 and 2, got {t}"), "temperature"));
         }
-        if let Some(0) = self.n {
-            return Err(("`n` must be at least 1".into(), "n"));
-        }
-        if let Some(0) = self.max_tokens {
-            return Err(("`max_tokens` must be at least 1".into(), "max_tokens"));
-        }
-        if let Some(0) = self.max_completion_tokens {
-            return Err((
-                "`max_completion_tokens` must be at least 1".into(),
-                "max_completion_tokens",
-            ));
-        }
+        check_range(self.n.map(u64::from), 1, MAX_CHOICES, "n")?;
+        check_range(self.max_tokens.map(u64::from), 1, u64::MAX, "max_tokens")?;
+        check_range(
+            self.max_completion_tokens.map(u64::from),
+            1,
+            u64::MAX,
+            "max_completion_tokens",
+        )?;
         Ok(())
     }
 }
@@ -157,11 +149,7 @@ impl MessageContent {
     pub fn text_len(&self) -> usize {
         match self {
             MessageContent::Text(t) => t.len(),
-            MessageContent::Parts(parts) => parts
-                .iter()
-                .filter_map(|p| p.text.as_ref())
-                .map(String::len)
-                .sum(),
+            MessageContent::Parts(parts) => parts.iter().filter_map(|p| p.text.as_ref()).map(String::len).sum(),
         }
     }
 
@@ -207,10 +195,7 @@ mod tests {
             .unwrap()
         };
         assert!(base("").validate().is_ok());
-        assert_eq!(
-            base(r#","temperature":3"#).validate().unwrap_err().1,
-            "temperature"
-        );
+        assert_eq!(base(r#","temperature":3"#).validate().unwrap_err().1, "temperature");
         assert_eq!(
             base(r#","stream_options":{"include_usage":true}"#)
                 .validate()
@@ -224,10 +209,8 @@ mod tests {
 
     #[test]
     fn unknown_role_is_a_parse_error() {
-        let err = serde_json::from_str::<ChatRequest>(
-            r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#,
-        )
-        .unwrap_err();
+        let err = serde_json::from_str::<ChatRequest>(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("wizard"), "{err}");
     }
 }

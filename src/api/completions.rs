@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::chat::StreamOptions;
+use super::{Invalid, MAX_CHOICES, MAX_INPUTS, check_range};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompletionRequest {
@@ -32,12 +33,15 @@ impl CompletionRequest {
             .unwrap_or(false)
     }
 
-    pub fn validate(&self) -> Result<(), (String, &'static str)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.model.is_empty() {
             return Err(("`model` must not be empty".into(), "model"));
         }
         match &self.prompt {
             Value::String(_) => {}
+            Value::Array(items) if items.len() > MAX_INPUTS => {
+                return Err((format!("`prompt` may hold at most {MAX_INPUTS} prompts"), "prompt"));
+            }
             Value::Array(items) if !items.is_empty() => {}
             Value::Array(_) => return Err(("`prompt` must not be empty".into(), "prompt")),
             _ => {
@@ -47,9 +51,8 @@ impl CompletionRequest {
                 ));
             }
         }
-        if let Some(0) = self.max_tokens {
-            return Err(("`max_tokens` must be at least 1".into(), "max_tokens"));
-        }
+        check_range(self.max_tokens.map(u64::from), 1, u64::MAX, "max_tokens")?;
+        check_range(self.n(), 1, MAX_CHOICES, "n")?;
         if self.stream_options.is_some() && !self.is_stream() {
             return Err((
                 "`stream_options` is only allowed when `stream` is true".into(),
@@ -59,17 +62,18 @@ impl CompletionRequest {
         Ok(())
     }
 
+    /// Choices per prompt; not modelled, so it stays in `extra` for pass-through.
+    pub fn n(&self) -> Option<u64> {
+        self.extra.get("n").map(|v| v.as_u64().unwrap_or(0))
+    }
+
     /// The prompts: one string, a list of strings, one token array, or a
     /// list of token arrays. Token arrays are rendered as their numbers.
     pub fn prompts(&self) -> Vec<String> {
         fn one(v: &Value) -> String {
             match v {
                 Value::String(s) => s.clone(),
-                Value::Array(tokens) => tokens
-                    .iter()
-                    .map(Value::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                Value::Array(tokens) => tokens.iter().map(Value::to_string).collect::<Vec<_>>().join(" "),
                 other => other.to_string(),
             }
         }

@@ -3,6 +3,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::{Invalid, MAX_DIMENSIONS, MAX_INPUTS, check_range};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EmbeddingsRequest {
     pub model: String,
@@ -24,19 +26,18 @@ pub enum EncodingFormat {
 }
 
 impl EmbeddingsRequest {
-    pub fn validate(&self) -> Result<(), (String, &'static str)> {
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.model.is_empty() {
             return Err(("`model` must not be empty".into(), "model"));
         }
-        if let Some(0) = self.dimensions {
-            return Err(("`dimensions` must be at least 1".into(), "dimensions"));
-        }
+        check_range(self.dimensions.map(u64::from), 1, MAX_DIMENSIONS, "dimensions")?;
         match &self.input {
             Value::String(s) if !s.is_empty() => Ok(()),
-            Value::Array(items) if !items.is_empty() => Ok(()),
-            Value::String(_) | Value::Array(_) => {
-                Err(("`input` must not be empty".into(), "input"))
+            Value::Array(items) if items.len() > MAX_INPUTS && !items.iter().all(Value::is_number) => {
+                Err((format!("`input` may hold at most {MAX_INPUTS} items"), "input"))
             }
+            Value::Array(items) if !items.is_empty() => Ok(()),
+            Value::String(_) | Value::Array(_) => Err(("`input` must not be empty".into(), "input")),
             _ => Err((
                 "`input` must be a string, an array of strings, or token arrays".into(),
                 "input",

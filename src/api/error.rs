@@ -149,6 +149,17 @@ impl ApiError {
         .with_code("request_timeout")
     }
 
+    pub fn overloaded() -> Self {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Server,
+            "The gateway is serving its maximum number of concurrent requests; retry shortly.",
+        )
+        .with_code("overloaded");
+        e.retry_after = Some(1);
+        e
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, ErrorKind::Server, message)
     }
@@ -170,13 +181,7 @@ impl ApiError {
 
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.kind,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.kind, self.message)
     }
 }
 

@@ -9,10 +9,7 @@ pub enum Interpolated {
     Missing(Vec<String>),
 }
 
-pub fn interpolate(
-    text: &str,
-    lookup: impl Fn(&str) -> Option<String>,
-) -> Result<Interpolated, String> {
+pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<Interpolated, String> {
     let mut out = String::with_capacity(text.len());
     let mut missing = Vec::new();
     let mut rest = text;
@@ -23,9 +20,7 @@ pub fn interpolate(
             out.push_str("${");
             rest = after;
         } else if let Some(after) = tail.strip_prefix("${") {
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
+            let end = after.find('}').ok_or_else(|| format!("unclosed `${{` in `{text}`"))?;
             let expr = &after[..end];
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
@@ -34,10 +29,7 @@ pub fn interpolate(
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 return Err(format!("`${{{expr}}}` is not a valid variable reference"));
             }
-            match (
-                lookup(name).filter(|v| !v.is_empty() || default.is_none()),
-                default,
-            ) {
+            match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => missing.push(name.to_owned()),
@@ -83,19 +75,10 @@ mod tests {
             interpolate("https://${HOST}/v1", env).unwrap(),
             value("https://example.com/v1")
         );
-        assert_eq!(
-            interpolate("${NOPE:-fallback}", env).unwrap(),
-            value("fallback")
-        );
-        assert_eq!(
-            interpolate("${EMPTY:-fallback}", env).unwrap(),
-            value("fallback")
-        );
+        assert_eq!(interpolate("${NOPE:-fallback}", env).unwrap(), value("fallback"));
+        assert_eq!(interpolate("${EMPTY:-fallback}", env).unwrap(), value("fallback"));
         assert_eq!(interpolate("${EMPTY}", env).unwrap(), value(""));
-        assert_eq!(
-            interpolate("${HOST:-x}", env).unwrap(),
-            value("example.com")
-        );
+        assert_eq!(interpolate("${HOST:-x}", env).unwrap(), value("example.com"));
         assert_eq!(
             interpolate("cost $5 and $${HOST}", env).unwrap(),
             value("cost $5 and ${HOST}")

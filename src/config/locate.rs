@@ -32,8 +32,7 @@ pub fn list_item_key(text: &str, section: &str, index: usize, key: &str) -> Opti
             if body.starts_with(&format!("{key}:")) {
                 return Some(i + 1);
             }
-            if i > first && item_indent.is_some_and(|ind| indent <= ind && trimmed.starts_with('-'))
-            {
+            if i > first && item_indent.is_some_and(|ind| indent <= ind && trimmed.starts_with('-')) {
                 break;
             }
         }
@@ -105,14 +104,8 @@ mod tests {
     fn finds_keys_in_lists_and_maps() {
         assert_eq!(list_item_key(DOC, "models", 1, "provider"), Some(14));
         assert_eq!(list_item_key(DOC, "models", 0, "name"), Some(11));
-        assert_eq!(
-            map_entry_key(DOC, "providers", "up", Some("base_url")),
-            Some(8)
-        );
-        assert_eq!(
-            map_entry_key(DOC, "providers", "flat", Some("api_key")),
-            Some(9)
-        );
+        assert_eq!(map_entry_key(DOC, "providers", "up", Some("base_url")), Some(8));
+        assert_eq!(map_entry_key(DOC, "providers", "flat", Some("api_key")), Some(9));
         assert_eq!(map_entry_key(DOC, "providers", "sim", None), Some(4));
         assert_eq!(section(DOC, "server"), Some(1));
     }

@@ -25,6 +25,8 @@ use schema::{FileConfig, ProviderSection, TimeoutSection};
 pub struct Config {
     pub server: ServerSettings,
     pub auth_keys: Vec<Secret>,
+    /// `auth.open`: serving without keys was chosen on purpose.
+    pub auth_open: bool,
     pub logging: schema::LoggingSection,
     pub providers: Vec<ProviderSpec>,
     pub models: Vec<ModelSpec>,
@@ -37,6 +39,9 @@ pub struct ServerSettings {
     pub max_header_bytes: usize,
     pub request_timeout: Duration,
     pub shutdown_grace: Duration,
+    pub shutdown_delay: Duration,
+    pub body_timeout: Duration,
+    pub max_concurrent_requests: usize,
 }
 
 #[derive(Debug)]
@@ -61,6 +66,8 @@ pub struct HttpSpec {
     pub auth_header: HeaderName,
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub timeouts: Timeouts,
+    /// Ask streams for `include_usage`.
+    pub stream_usage: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +93,44 @@ pub struct ModelSpec {
     pub provider: String,
     pub upstream_model: String,
     pub aliases: Vec<String>,
+}
+
+impl Config {
+    /// Providers whose key variables are unset, with those variables.
+    pub fn providers_without_keys(&self) -> Vec<(&str, &[String])> {
+        self.providers
+            .iter()
+            .filter_map(|p| match &p.kind {
+                ProviderKind::OpenAi(h) | ProviderKind::Azure { http: h, .. } => match &h.key {
+                    KeyState::Missing(vars) => Some((p.name.as_str(), vars.as_slice())),
+                    _ => None,
+                },
+                ProviderKind::Simulated(_) => None,
+            })
+            .collect()
+    }
+
+    /// Why this config must not serve: no gateway keys, reachable beyond
+    /// this machine, while some provider holds a paid key. `auth.open: true`
+    /// accepts the risk.
+    pub fn exposure_problem(&self) -> Option<String> {
+        if !self.auth_keys.is_empty() || self.auth_open || self.server.listen.ip().is_loopback() {
+            return None;
+        }
+        let keyed: Vec<&str> = self
+            .providers
+            .iter()
+            .filter(|p| matches!(&p.kind, ProviderKind::OpenAi(h) | ProviderKind::Azure { http: h, .. } if matches!(h.key, KeyState::Set(_))))
+            .map(|p| p.name.as_str())
+            .collect();
+        (!keyed.is_empty()).then(|| {
+            format!(
+                "auth.keys is empty and the gateway listens on {}: anyone who reaches it would spend the API keys of {}. Set auth.keys (e.g. TOLLGATE_API_KEY for the default config), listen on 127.0.0.1, or set auth.open: true",
+                self.server.listen,
+                keyed.join(", ")
+            )
+        })
+    }
 }
 
 /// One mistake in a config file, with its place when it can be found.
@@ -149,10 +194,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 }
 
 /// Parses and validates config text; `lookup` resolves `${VAR}`.
-pub fn parse(
-    text: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, Vec<ConfigError>> {
+pub fn parse(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, Vec<ConfigError>> {
     let raw: FileConfig = serde_yaml_ng::from_str(text).map_err(|e| {
         let loc = e.location();
         vec![ConfigError {
@@ -168,6 +210,15 @@ pub fn parse(
         errors: Vec::new(),
     }
     .run(raw)
+}
+
+/// A secret must be exactly `${NAME}` or `${NAME:-}`: nothing literal, not even a default.
+fn is_env_reference(value: &str) -> bool {
+    let Some(inner) = value.trim().strip_prefix("${").and_then(|v| v.strip_suffix('}')) else {
+        return false;
+    };
+    let name = inner.strip_suffix(":-").unwrap_or(inner);
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 fn strip_location(msg: &str) -> String {
@@ -217,13 +268,26 @@ impl Validator<'_> {
 
     /// Interpolates a secret, which must come from the environment.
     fn secret(&mut self, value: &str, line: Option<usize>, path: &str) -> Option<KeyState> {
-        if !value.contains("${") {
-            self.error(line, path.into(), "secrets never live in the config file: reference an environment variable, e.g. ${OPENAI_API_KEY}");
+        let literal = !is_env_reference(value);
+        if literal {
+            self.error(line, path.into(), "secrets never live in the config file: reference an environment variable, e.g. ${OPENAI_API_KEY} (an empty default, ${VAR:-}, makes it optional)");
             return None;
         }
         match env::interpolate(value, self.lookup) {
-            Ok(Interpolated::Value(v)) if v.is_empty() => Some(KeyState::NotNeeded),
-            Ok(Interpolated::Value(v)) => Some(KeyState::Set(Secret::new(v))),
+            Ok(Interpolated::Value(v)) if v.trim().is_empty() => Some(KeyState::NotNeeded),
+            Ok(Interpolated::Value(v)) => {
+                // A trailing newline is the classic mistake of secrets mounted from files.
+                let v = v.trim().to_owned();
+                if HeaderValue::from_str(&v).is_err() {
+                    self.error(
+                        line,
+                        path.into(),
+                        "the value of this secret has characters an HTTP header cannot carry",
+                    );
+                    return None;
+                }
+                Some(KeyState::Set(Secret::new(v)))
+            }
             Ok(Interpolated::Missing(vars)) => Some(KeyState::Missing(vars)),
             Err(e) => {
                 self.error(line, path.into(), e);
@@ -257,10 +321,20 @@ impl Validator<'_> {
                 "no models are configured: the gateway would answer nothing",
             );
         }
+        if let Some(level) = &raw.logging.level
+            && let Err(e) = tracing_subscriber::EnvFilter::try_new(level)
+        {
+            self.error(
+                locate::section(self.text, "logging"),
+                "logging.level".into(),
+                format!("`{level}` is not a log filter: {e}"),
+            );
+        }
         if self.errors.is_empty() {
             Ok(Config {
                 server: server.expect("no errors"),
                 auth_keys,
+                auth_open: raw.auth.open,
                 logging: raw.logging,
                 providers,
                 models,
@@ -284,30 +358,70 @@ impl Validator<'_> {
                 return None;
             }
         };
-        if s.max_body.0 == 0 {
-            self.error(line, "server.max_body".into(), "must be greater than zero");
-        }
+        let mut check = |ok: bool, key: &str, rule: &str| {
+            if !ok {
+                self.error(line, format!("server.{key}"), rule.to_owned());
+            }
+        };
+        check(
+            (1..=1 << 30).contains(&s.max_body.0),
+            "max_body",
+            "must be between 1 byte and 1GiB",
+        );
+        check(
+            (1 << 10..=1 << 20).contains(&s.max_header_bytes.0),
+            "max_header_bytes",
+            "must be between 1KiB and 1MiB",
+        );
+        let day = Duration::from_secs(86_400);
+        check(
+            !s.request_timeout.0.is_zero() && s.request_timeout.0 <= 7 * day,
+            "request_timeout",
+            "must be more than 0 and at most 7 days",
+        );
+        check(
+            !s.body_timeout.0.is_zero() && s.body_timeout.0 <= day,
+            "body_timeout",
+            "must be more than 0 and at most a day",
+        );
+        check(
+            s.shutdown_grace.0 <= day && s.shutdown_delay.0 <= day,
+            "shutdown_grace",
+            "shutdown_grace and shutdown_delay must be at most a day",
+        );
+        check(
+            s.max_concurrent_requests >= 1,
+            "max_concurrent_requests",
+            "must be at least 1",
+        );
         Some(ServerSettings {
             listen,
             max_body: s.max_body.0 as usize,
-            max_header_bytes: s.max_header_bytes.0.max(1024) as usize,
+            max_header_bytes: s.max_header_bytes.0 as usize,
             request_timeout: s.request_timeout.0,
             shutdown_grace: s.shutdown_grace.0,
+            shutdown_delay: s.shutdown_delay.0,
+            body_timeout: s.body_timeout.0,
+            max_concurrent_requests: s.max_concurrent_requests,
         })
     }
 
     fn provider(&mut self, name: &str, section: &ProviderSection) -> Option<ProviderSpec> {
         let kind = match section {
-            ProviderSection::Openai(p) => ProviderKind::OpenAi(self.http(
-                name,
-                &p.base_url,
-                p.api_key.as_deref(),
-                p.auth_header.as_deref().unwrap_or("authorization"),
-                &p.headers,
-                &p.timeouts,
-            )?),
+            ProviderSection::Openai(p) => {
+                let mut http = self.http(
+                    name,
+                    &p.base_url,
+                    p.api_key.as_deref(),
+                    p.auth_header.as_deref().unwrap_or("authorization"),
+                    &p.headers,
+                    &p.timeouts,
+                )?;
+                http.stream_usage = p.stream_usage;
+                ProviderKind::OpenAi(http)
+            }
             ProviderSection::Azure(p) => {
-                let http = self.http(
+                let mut http = self.http(
                     name,
                     &p.base_url,
                     p.api_key.as_deref(),
@@ -315,23 +429,30 @@ impl Validator<'_> {
                     &p.headers,
                     &p.timeouts,
                 )?;
-                ProviderKind::Azure {
-                    http,
-                    api_version: p.api_version.clone(),
+                http.stream_usage = p.stream_usage;
+                let line = locate::map_entry_key(self.text, "providers", name, Some("api_version"));
+                let api_version = self.plain(&p.api_version, line, &format!("providers.{name}.api_version"))?;
+                if api_version.is_empty() || !api_version.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                    self.error(
+                        line,
+                        format!("providers.{name}.api_version"),
+                        format!("`{api_version}` is not an API version like 2024-10-21"),
+                    );
+                    return None;
                 }
+                ProviderKind::Azure { http, api_version }
             }
             ProviderSection::Simulated(s) => {
-                if !(s.tokens_per_second >= 0.0 && s.tokens_per_second.is_finite()) {
-                    let line = locate::map_entry_key(
-                        self.text,
-                        "providers",
-                        name,
-                        Some("tokens_per_second"),
-                    );
+                let usable = s.tokens_per_second == 0.0
+                    || (s.tokens_per_second > 0.0
+                        && Duration::try_from_secs_f64(1.0 / s.tokens_per_second)
+                            .is_ok_and(|gap| gap <= Duration::from_secs(3600)));
+                if !usable {
+                    let line = locate::map_entry_key(self.text, "providers", name, Some("tokens_per_second"));
                     self.error(
                         line,
                         format!("providers.{name}.tokens_per_second"),
-                        "must be zero or a positive number",
+                        "must be 0 (instant) or a positive number of at least one token per hour",
                     );
                     return None;
                 }
@@ -357,9 +478,10 @@ impl Validator<'_> {
         let path = |key: &str| format!("providers.{name}.{key}");
         let url_line = at("base_url");
         let base_url = self.plain(base_url, url_line, &path("base_url"))?;
-        let ok_url = base_url.parse::<Uri>().ok().filter(|u| {
-            matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some()
-        });
+        let ok_url = base_url
+            .parse::<Uri>()
+            .ok()
+            .filter(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.authority().is_some());
         if ok_url.is_none() {
             self.error(
                 url_line,
@@ -372,6 +494,20 @@ impl Validator<'_> {
             Some(k) => self.secret(k, at("api_key"), &path("api_key"))?,
             None => KeyState::NotNeeded,
         };
+        for (which, d) in [
+            ("connect", timeouts.connect),
+            ("first_byte", timeouts.first_byte),
+            ("idle", timeouts.idle),
+            ("total", timeouts.total),
+        ] {
+            if d.0.is_zero() || d.0 > Duration::from_secs(7 * 86_400) {
+                self.error(
+                    at("timeouts"),
+                    format!("providers.{name}.timeouts.{which}"),
+                    "must be more than 0 and at most 7 days",
+                );
+            }
+        }
         let Ok(auth_header) = HeaderName::from_bytes(auth_header.as_bytes()) else {
             self.error(
                 at("auth_header"),
@@ -383,10 +519,7 @@ impl Validator<'_> {
         let mut parsed = Vec::new();
         for (k, v) in headers {
             let v = self.plain(v, at("headers"), &path("headers"))?;
-            match (
-                HeaderName::from_bytes(k.as_bytes()),
-                HeaderValue::from_str(&v),
-            ) {
+            match (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(&v)) {
                 (Ok(n), Ok(v)) => parsed.push((n, v)),
                 _ => self.error(
                     at("headers"),
@@ -406,6 +539,7 @@ impl Validator<'_> {
                 idle: timeouts.idle.0,
                 total: timeouts.total.0,
             },
+            stream_usage: true,
         })
     }
 
@@ -422,11 +556,7 @@ impl Validator<'_> {
                 self.error(
                     at("provider"),
                     format!("models[{i}].provider"),
-                    format!(
-                        "unknown provider `{}` (configured: {})",
-                        m.provider,
-                        known.join(", ")
-                    ),
+                    format!("unknown provider `{}` (configured: {})", m.provider, known.join(", ")),
                 );
             }
             for n in std::iter::once(&m.name).chain(&m.aliases) {
@@ -541,6 +671,73 @@ models:
         assert!(paths.contains(&"server.listen"), "{paths:?}");
         assert!(paths.contains(&"models[0].provider"), "{paths:?}");
         assert!(paths.contains(&"providers.anthropic.base_url"), "{paths:?}");
+    }
+
+    #[test]
+    fn secrets_must_be_pure_references() {
+        for bad in [
+            "sk-live-123",
+            "${OPENAI_API_KEY:-sk-fallback}",
+            "Bearer ${OPENAI_API_KEY}",
+            "${OPENAI_API_KEY}x",
+        ] {
+            let text = GOOD.replace("${OPENAI_API_KEY}", bad);
+            let errs = parse(&text, &env).unwrap_err();
+            assert_eq!(errs[0].path, "providers.openai.api_key", "{bad}");
+        }
+        let optional = GOOD.replace("${OPENAI_API_KEY}", "${UNSET_KEY:-}");
+        assert!(parse(&optional, &env).is_ok());
+    }
+
+    #[test]
+    fn a_key_with_a_trailing_newline_is_trimmed_and_a_broken_one_rejected() {
+        let cfg = parse(GOOD, &|n: &str| (n == "OPENAI_API_KEY").then(|| "sk-abc\n".to_owned())).unwrap();
+        let key = cfg.providers.iter().find_map(|p| match &p.kind {
+            ProviderKind::OpenAi(h) if p.name == "openai" => Some(h.key.clone()),
+            _ => None,
+        });
+        assert!(matches!(key, Some(KeyState::Set(s)) if s.expose() == "sk-abc"));
+        let errs = parse(GOOD, &|n: &str| (n == "OPENAI_API_KEY").then(|| "sk-a\nbc".to_owned())).unwrap_err();
+        assert_eq!(errs[0].path, "providers.openai.api_key");
+    }
+
+    #[test]
+    fn ranges_are_enforced() {
+        let text = GOOD.replace(
+            "max_body: 1MiB",
+            "max_body: 1MiB\n  max_header_bytes: 10\n  request_timeout: 0s",
+        );
+        let errs = parse(&text, &env).unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["server.max_header_bytes", "server.request_timeout"]);
+        let text = GOOD.replace(
+            "completion_tokens: 4",
+            "completion_tokens: 4, tokens_per_second: 0.0000001",
+        );
+        assert_eq!(
+            parse(&text, &env).unwrap_err()[0].path,
+            "providers.sim.tokens_per_second"
+        );
+        let text = GOOD.replace("  max_body: 1MiB", "  max_body: 1MiB\nlogging:\n  level: \"info,=[\"");
+        assert_eq!(parse(&text, &env).unwrap_err()[0].path, "logging.level");
+    }
+
+    #[test]
+    fn an_open_gateway_with_paid_keys_on_a_public_address_is_refused() {
+        let public = GOOD.replace("listen: 127.0.0.1:0", "listen: 0.0.0.0:4000");
+        let cfg = parse(&public, &env).unwrap();
+        let problem = cfg.exposure_problem().expect("refused");
+        assert!(problem.contains("openai") && !problem.contains("sk-test"), "{problem}");
+        assert!(
+            parse(GOOD, &env).unwrap().exposure_problem().is_none(),
+            "loopback is fine"
+        );
+        assert!(
+            parse(&public, &|_| None).unwrap().exposure_problem().is_none(),
+            "no paid keys, nothing to spend"
+        );
+        let open = public.replace("providers:", "auth:\n  open: true\nproviders:");
+        assert!(parse(&open, &env).unwrap().exposure_problem().is_none());
     }
 
     #[test]

@@ -35,6 +35,15 @@ pub struct ServerSection {
     pub request_timeout: Dur,
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
+    /// After SIGTERM, keep serving this long with `/ready` failing, so load balancers stop sending first.
+    #[serde(default = "zero")]
+    pub shutdown_delay: Dur,
+    /// Time allowed for a client to send its request body (408 after it).
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Dur,
+    /// Proxied requests served at once, streams included; more are shed with 503.
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ServerSection {
@@ -45,6 +54,9 @@ impl Default for ServerSection {
             max_header_bytes: default_max_header(),
             request_timeout: default_request_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            shutdown_delay: zero(),
+            body_timeout: default_body_timeout(),
+            max_concurrent_requests: default_max_concurrent(),
         }
     }
 }
@@ -61,6 +73,15 @@ fn default_max_header() -> ByteSize {
 fn default_request_timeout() -> Dur {
     Dur(std::time::Duration::from_secs(600))
 }
+fn zero() -> Dur {
+    Dur(std::time::Duration::ZERO)
+}
+fn default_body_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+fn default_max_concurrent() -> usize {
+    10_000
+}
 fn default_shutdown_grace() -> Dur {
     Dur(std::time::Duration::from_secs(30))
 }
@@ -68,9 +89,12 @@ fn default_shutdown_grace() -> Dur {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
-    /// Gateway keys clients must present; empty means no authentication.
+    /// Gateway keys clients must present.
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Allow serving without keys on a non-loopback address while provider keys are set.
+    #[serde(default)]
+    pub open: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -116,6 +140,13 @@ pub struct HttpProviderSection {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub timeouts: TimeoutSection,
+    /// Ask streams for their usage chunk (`stream_options.include_usage`); turn off for servers that reject it.
+    #[serde(default = "yes")]
+    pub stream_usage: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_openai_base() -> String {
@@ -135,6 +166,8 @@ pub struct AzureSection {
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
     pub timeouts: TimeoutSection,
+    #[serde(default = "yes")]
+    pub stream_usage: bool,
 }
 
 fn default_azure_version() -> String {

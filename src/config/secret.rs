@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-#[derive(Clone, PartialEq, Eq)]
+/// No `PartialEq`: secrets are compared in constant time, never with `==`.
+#[derive(Clone)]
 pub struct Secret(String);
 
 impl Secret {

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::api::Usage;
@@ -45,7 +44,14 @@ const DURATION_BUCKETS: &[f64] = &[
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(Opts::new("tollgate_requests_total", "Requests answered, by endpoint, model, provider and HTTP status (499: the client went away)"), &["endpoint", "model", "provider", "status"]).expect("valid metric");
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_requests_total",
+                "Requests answered, by endpoint, model, provider and HTTP status (499: the client went away)",
+            ),
+            &["endpoint", "model", "provider", "status"],
+        )
+        .expect("valid metric");
         let duration = HistogramVec::new(
             HistogramOpts::new(
                 "tollgate_request_duration_seconds",
@@ -119,12 +125,7 @@ impl Metrics {
     /// Records one finished request. `status` is an HTTP status, or 499 when the client left.
     pub fn request(&self, labels: Labels<'_>, status: u16, elapsed: Duration) {
         self.requests
-            .with_label_values(&[
-                labels.endpoint,
-                labels.model,
-                labels.provider,
-                &status_label(status),
-            ])
+            .with_label_values(&[labels.endpoint, labels.model, labels.provider, &status_label(status)])
             .inc();
         self.duration
             .with_label_values(&[labels.endpoint, labels.model, labels.provider])
@@ -151,9 +152,7 @@ impl Metrics {
     }
 
     pub fn upstream_error(&self, provider: &str, kind: &str) {
-        self.upstream_errors
-            .with_label_values(&[provider, kind])
-            .inc();
+        self.upstream_errors.with_label_values(&[provider, kind]).inc();
     }
 
     /// Counts a request as in flight until the guard is dropped.
@@ -213,17 +212,11 @@ mod tests {
         assert!(text.contains("# TYPE tollgate_requests_total counter"));
         assert!(text.contains("# TYPE tollgate_request_duration_seconds histogram"));
         assert!(
-            text.contains(
-                r#"tollgate_requests_total{endpoint="chat",model="m",provider="p",status="200"} 1"#
-            ),
+            text.contains(r#"tollgate_requests_total{endpoint="chat",model="m",provider="p",status="200"} 1"#),
             "{text}"
         );
         assert!(text.contains(r#"status="499"} 1"#));
-        assert!(
-            text.contains(r#"tollgate_tokens_total{model="m",provider="p",type="completion"} 7"#)
-        );
-        assert!(text.contains(
-            r#"tollgate_request_duration_seconds_count{endpoint="chat",model="m",provider="p"} 2"#
-        ));
+        assert!(text.contains(r#"tollgate_tokens_total{model="m",provider="p",type="completion"} 7"#));
+        assert!(text.contains(r#"tollgate_request_duration_seconds_count{endpoint="chat",model="m",provider="p"} 2"#));
     }
 }

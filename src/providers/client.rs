@@ -60,15 +60,26 @@ impl UpstreamClient {
         Instant::now() + self.timeouts.total
     }
 
-    /// Sends a request and waits for the response head within the first-byte timeout.
+    /// Sends a request and waits for the response head. A stream's head must
+    /// come within the first-byte timeout; a complete answer's head comes only
+    /// when the whole answer is generated, so it waits up to the total timeout.
     pub async fn send(
         &self,
         req: Request<Full<Bytes>>,
         deadline: Instant,
+        stream: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let limit = (Instant::now() + self.timeouts.first_byte).min(deadline);
+        let (limit, phase, after) = if stream {
+            (
+                (Instant::now() + self.timeouts.first_byte).min(deadline),
+                TimeoutPhase::FirstByte,
+                self.timeouts.first_byte,
+            )
+        } else {
+            (deadline, TimeoutPhase::Total, self.timeouts.total)
+        };
         match timeout_at(limit, self.inner.request(req)).await {
-            Err(_) => Err(self.timeout(TimeoutPhase::FirstByte, self.timeouts.first_byte)),
+            Err(_) => Err(self.timeout(phase, after)),
             Ok(Err(e)) if e.is_connect() => Err(UpstreamError::Connect {
                 provider: self.provider.to_string(),
                 detail: causes(&e),
@@ -82,11 +93,7 @@ impl UpstreamClient {
     }
 
     /// The next chunk of a body, within the idle-gap timeout and the deadline. `None` at the end.
-    pub async fn next_chunk(
-        &self,
-        body: &mut Incoming,
-        deadline: Instant,
-    ) -> Result<Option<Bytes>, UpstreamError> {
+    pub async fn next_chunk(&self, body: &mut Incoming, deadline: Instant) -> Result<Option<Bytes>, UpstreamError> {
         loop {
             let idle_limit = Instant::now() + self.timeouts.idle;
             let (limit, phase) = if idle_limit < deadline {
@@ -120,12 +127,7 @@ impl UpstreamClient {
     }
 
     /// Reads a whole body, refusing more than `limit` bytes.
-    pub async fn read_body(
-        &self,
-        mut body: Incoming,
-        limit: usize,
-        deadline: Instant,
-    ) -> Result<Bytes, UpstreamError> {
+    pub async fn read_body(&self, mut body: Incoming, limit: usize, deadline: Instant) -> Result<Bytes, UpstreamError> {
         let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
         while let Some(chunk) = self.next_chunk(&mut body, deadline).await? {

@@ -49,9 +49,8 @@ impl UpstreamError {
     /// A bounded label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            UpstreamError::Status { error } if error.status == StatusCode::TOO_MANY_REQUESTS => {
-                "rate_limited"
-            }
+            UpstreamError::Status { error } if error.code.as_deref() == Some("upstream_auth_failed") => "auth",
+            UpstreamError::Status { error } if error.status == StatusCode::TOO_MANY_REQUESTS => "rate_limited",
             UpstreamError::Status { error } if error.status.is_server_error() => "status_5xx",
             UpstreamError::Status { .. } => "status_4xx",
             UpstreamError::Connect { .. } => "connect",
@@ -62,37 +61,40 @@ impl UpstreamError {
         }
     }
 
-    /// The error the client sees. Messages name the provider, never its URL or key.
+    /// The error the client sees. Messages name the provider and what went
+    /// wrong, never an address, a certificate name, an OS error or a key: the
+    /// detail goes to the log (`Display`), not to the client.
     pub fn to_api_error(&self) -> ApiError {
-        match self {
-            UpstreamError::Status { error } => error.clone(),
-            UpstreamError::Connect { .. } => ApiError::new(
+        let (status, kind, code, message) = match self {
+            UpstreamError::Status { error } => return error.clone(),
+            UpstreamError::NotConfigured(msg) => {
+                return ApiError::unavailable(msg.clone()).with_code("provider_not_configured");
+            }
+            UpstreamError::Connect { provider, .. } => (
                 StatusCode::BAD_GATEWAY,
                 ErrorKind::Upstream,
-                self.to_string(),
-            )
-            .with_code("upstream_unreachable"),
-            UpstreamError::Timeout { .. } => ApiError::new(
+                "upstream_unreachable",
+                format!("provider `{provider}` is unreachable"),
+            ),
+            UpstreamError::Timeout { .. } => (
                 StatusCode::GATEWAY_TIMEOUT,
                 ErrorKind::Timeout,
+                "upstream_timeout",
                 self.to_string(),
-            )
-            .with_code("upstream_timeout"),
-            UpstreamError::Dropped { .. } => ApiError::new(
+            ),
+            UpstreamError::Dropped { provider, .. } => (
                 StatusCode::BAD_GATEWAY,
                 ErrorKind::Upstream,
-                self.to_string(),
-            )
-            .with_code("upstream_disconnected"),
-            UpstreamError::Protocol { .. } => ApiError::new(
+                "upstream_disconnected",
+                format!("provider `{provider}` closed the connection before the answer was complete"),
+            ),
+            UpstreamError::Protocol { provider, .. } => (
                 StatusCode::BAD_GATEWAY,
                 ErrorKind::Upstream,
-                self.to_string(),
-            )
-            .with_code("upstream_invalid_response"),
-            UpstreamError::NotConfigured(msg) => {
-                ApiError::unavailable(msg.clone()).with_code("provider_not_configured")
-            }
-        }
+                "upstream_invalid_response",
+                format!("provider `{provider}` sent an answer that is not valid for its API"),
+            ),
+        };
+        ApiError::new(status, kind, message).with_code(code)
     }
 }

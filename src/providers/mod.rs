@@ -52,14 +52,27 @@ pub struct StreamEvent {
     pub usage: Option<Usage>,
     /// The final usage chunk (`choices: []`), which the client sees only if it asked.
     pub usage_only: bool,
+    /// Carries generated text or tool-call data (not just a role or a finish
+    /// reason): the first such chunk marks the time to first token.
+    pub has_content: bool,
 }
 
 impl StreamEvent {
-    pub fn content(data: Bytes) -> Self {
+    pub fn chunk(data: Bytes, has_content: bool) -> Self {
         StreamEvent {
             data,
             usage: None,
             usage_only: false,
+            has_content,
+        }
+    }
+
+    pub fn usage(data: Bytes, usage: Usage) -> Self {
+        StreamEvent {
+            data,
+            usage: Some(usage),
+            usage_only: true,
+            has_content: false,
         }
     }
 }
@@ -67,16 +80,8 @@ impl StreamEvent {
 #[async_trait]
 pub trait Provider: Send + Sync {
     async fn chat(&self, call: Call<'_>, req: ChatRequest) -> Result<Reply, UpstreamError>;
-    async fn completions(
-        &self,
-        call: Call<'_>,
-        req: CompletionRequest,
-    ) -> Result<Reply, UpstreamError>;
-    async fn embeddings(
-        &self,
-        call: Call<'_>,
-        req: EmbeddingsRequest,
-    ) -> Result<Reply, UpstreamError>;
+    async fn completions(&self, call: Call<'_>, req: CompletionRequest) -> Result<Reply, UpstreamError>;
+    async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError>;
 }
 
 /// Builds the adapter a provider's config describes.
@@ -87,9 +92,7 @@ pub fn build(spec: &ProviderSpec) -> Arc<dyn Provider> {
             http.clone(),
             openai::Flavor::OpenAi,
         )),
-        ProviderKind::Azure { http, api_version } => {
-            Arc::new(azure::new(&spec.name, http.clone(), api_version))
-        }
+        ProviderKind::Azure { http, api_version } => Arc::new(azure::new(&spec.name, http.clone(), api_version)),
         ProviderKind::Simulated(sim) => Arc::new(simulated::SimulatedProvider::new(sim.clone())),
     }
 }

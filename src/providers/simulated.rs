@@ -76,11 +76,7 @@ impl SimulatedProvider {
                 (0..self.cfg.completion_tokens as usize)
                     .map(|i| {
                         let w = WORDS[(start + i) % WORDS.len()];
-                        if i == 0 {
-                            capitalise(w)
-                        } else {
-                            format!(" {w}")
-                        }
+                        if i == 0 { capitalise(w) } else { format!(" {w}") }
                     })
                     .collect()
             }
@@ -92,20 +88,11 @@ impl SimulatedProvider {
             tokens.truncate(max as usize);
             finish_reason = "length";
         }
-        Choice {
-            tokens,
-            finish_reason,
-        }
+        Choice { tokens, finish_reason }
     }
 
     /// `n` choices for each prompt, indexed as OpenAI does: prompt-major.
-    fn answer(
-        &self,
-        prompts: &[String],
-        n: usize,
-        max_tokens: Option<u32>,
-        prompt_tokens: u64,
-    ) -> Answer {
+    fn answer(&self, prompts: &[String], n: usize, max_tokens: Option<u32>, prompt_tokens: u64) -> Answer {
         let choices: Vec<Choice> = prompts
             .iter()
             .flat_map(|p| (0..n).map(move |i| (p, i)))
@@ -125,8 +112,7 @@ impl SimulatedProvider {
     }
 
     fn token_gap(&self) -> Option<Duration> {
-        (self.cfg.tokens_per_second > 0.0)
-            .then(|| Duration::from_secs_f64(1.0 / self.cfg.tokens_per_second))
+        (self.cfg.tokens_per_second > 0.0).then(|| Duration::from_secs_f64(1.0 / self.cfg.tokens_per_second))
     }
 
     /// Streams each choice in turn (opening chunk, one chunk per token,
@@ -136,26 +122,19 @@ impl SimulatedProvider {
         let encode = |v: Value| Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
         let mut events: Vec<(StreamEvent, bool)> = Vec::new();
         for (index, choice) in answer.choices.iter().enumerate() {
-            events.push((
-                StreamEvent::content(encode(frame(index, Piece::Start))),
-                false,
-            ));
+            events.push((StreamEvent::chunk(encode(frame(index, Piece::Start)), false), false));
             for (i, t) in choice.tokens.iter().enumerate() {
                 events.push((
-                    StreamEvent::content(encode(frame(index, Piece::Token(t)))),
+                    StreamEvent::chunk(encode(frame(index, Piece::Token(t))), true),
                     index > 0 || i > 0,
                 ));
             }
             events.push((
-                StreamEvent::content(encode(frame(index, Piece::Finish(choice.finish_reason)))),
+                StreamEvent::chunk(encode(frame(index, Piece::Finish(choice.finish_reason))), false),
                 false,
             ));
         }
-        let usage = StreamEvent {
-            data: encode(frame(0, Piece::Usage(answer.usage))),
-            usage: Some(answer.usage),
-            usage_only: true,
-        };
+        let usage = StreamEvent::usage(encode(frame(0, Piece::Usage(answer.usage))), answer.usage);
         events.push((usage, false));
         let gap = self.token_gap();
         let steps = stream::unfold(events.into_iter(), move |mut events| async move {
@@ -187,9 +166,7 @@ struct Envelope<'a> {
 }
 
 fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -266,26 +243,12 @@ impl Provider for SimulatedProvider {
         })
     }
 
-    async fn completions(
-        &self,
-        call: Call<'_>,
-        req: CompletionRequest,
-    ) -> Result<Reply, UpstreamError> {
+    async fn completions(&self, call: Call<'_>, req: CompletionRequest) -> Result<Reply, UpstreamError> {
         let prompts = req.prompts();
-        let n = req
-            .extra
-            .get("n")
-            .and_then(Value::as_u64)
-            .unwrap_or(1)
-            .max(1) as usize;
+        let n = req.extra.get("n").and_then(Value::as_u64).unwrap_or(1).max(1) as usize;
         let prompt_tokens = prompts.iter().map(|p| estimate_tokens(p.len())).sum();
         // OpenAI's default for legacy completions is 16 tokens.
-        let answer = self.answer(
-            &prompts,
-            n,
-            Some(req.max_tokens.unwrap_or(16)),
-            prompt_tokens,
-        );
+        let answer = self.answer(&prompts, n, Some(req.max_tokens.unwrap_or(16)), prompt_tokens);
         self.first_token_delay().await;
         let (id, created, model) = (new_id("cmpl"), now(), call.requested_model);
         if req.is_stream() {
@@ -314,15 +277,8 @@ impl Provider for SimulatedProvider {
         })
     }
 
-    async fn embeddings(
-        &self,
-        call: Call<'_>,
-        req: EmbeddingsRequest,
-    ) -> Result<Reply, UpstreamError> {
-        let dims = req
-            .dimensions
-            .unwrap_or(self.cfg.embedding_dimensions)
-            .max(1) as usize;
+    async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
+        let dims = req.dimensions.unwrap_or(self.cfg.embedding_dimensions).max(1) as usize;
         let inputs = req.inputs();
         let mut prompt_tokens = 0u64;
         let data: Vec<Value> = inputs
@@ -336,10 +292,7 @@ impl Provider for SimulatedProvider {
                     }
                     Input::Tokens(tokens) => {
                         prompt_tokens += tokens.len() as u64;
-                        embed(
-                            serde_json::to_string(tokens).unwrap_or_default().as_bytes(),
-                            dims,
-                        )
+                        embed(serde_json::to_string(tokens).unwrap_or_default().as_bytes(), dims)
                     }
                 };
                 let embedding = match req.encoding_format {
@@ -374,12 +327,7 @@ fn embed(input: &[u8], dims: usize) -> Vec<f32> {
             (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
         })
         .collect();
-    let norm = raw
-        .iter()
-        .map(|x| x * x)
-        .sum::<f32>()
-        .sqrt()
-        .max(f32::EPSILON);
+    let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
     raw.into_iter().map(|x| x / norm).collect()
 }
 

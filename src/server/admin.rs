@@ -8,6 +8,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, StatusCode};
 
 use super::respond;
+use super::stack::meter_rejection;
 use super::state::Gateway;
 use crate::api::ApiError;
 use crate::api::models::{ModelEntry, ModelList};
@@ -20,9 +21,7 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
     if gw.is_ready() {
         respond::json(StatusCode::OK, r#"{"status":"ready"}"#)
     } else {
-        respond::error(
-            &ApiError::unavailable("tollgate is starting or draining").with_code("not_ready"),
-        )
+        respond::error(&ApiError::unavailable("tollgate is starting or draining").with_code("not_ready"))
     }
 }
 
@@ -50,11 +49,7 @@ pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
             owned_by,
         })
         .collect();
-    let body = serde_json::to_vec(&ModelList {
-        object: "list",
-        data,
-    })
-    .unwrap_or_default();
+    let body = serde_json::to_vec(&ModelList { object: "list", data }).unwrap_or_default();
     respond::json(StatusCode::OK, body)
 }
 
@@ -86,13 +81,17 @@ fn started_at() -> u64 {
     })
 }
 
-pub async fn not_found(req: Request) -> Response {
-    respond::error(&ApiError::not_found(req.uri().path()))
+pub async fn not_found(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let path = req.uri().path();
+    meter_rejection(&gw, path, &ApiError::not_found(path), std::time::Instant::now())
 }
 
-pub async fn method_not_allowed(req: Request) -> Response {
-    respond::error(&ApiError::method_not_allowed(
-        req.method(),
-        req.uri().path(),
-    ))
+pub async fn method_not_allowed(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
+    let path = req.uri().path();
+    meter_rejection(
+        &gw,
+        path,
+        &ApiError::method_not_allowed(req.method(), path),
+        std::time::Instant::now(),
+    )
 }

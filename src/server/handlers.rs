@@ -16,12 +16,12 @@ use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, timeout_at};
 
-use super::relay::{SseRelay, StreamLabels, StreamMeter};
+use super::meter::RequestMeter;
+use super::relay::SseRelay;
 use super::respond;
 use super::state::Gateway;
 use crate::api::error::from_json_error;
-use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest};
-use crate::metering::Labels;
+use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, Invalid};
 use crate::providers::{Call, Provider, Reply, UpstreamError};
 
 /// A request type the proxy path can serve.
@@ -29,14 +29,10 @@ pub trait ProxyRequest: DeserializeOwned + Send + 'static {
     /// The metric label of the endpoint.
     const ENDPOINT: &'static str;
     fn model(&self) -> &str;
-    fn validate(&self) -> Result<(), (String, &'static str)>;
+    fn validate(&self) -> Result<(), Invalid>;
     fn is_stream(&self) -> bool;
     fn wants_stream_usage(&self) -> bool;
-    fn send<'a>(
-        self,
-        provider: &'a dyn Provider,
-        call: Call<'a>,
-    ) -> BoxFuture<'a, Result<Reply, UpstreamError>>;
+    fn send<'a>(self, provider: &'a dyn Provider, call: Call<'a>) -> BoxFuture<'a, Result<Reply, UpstreamError>>;
 }
 
 impl ProxyRequest for ChatRequest {
@@ -44,7 +40,7 @@ impl ProxyRequest for ChatRequest {
     fn model(&self) -> &str {
         &self.model
     }
-    fn validate(&self) -> Result<(), (String, &'static str)> {
+    fn validate(&self) -> Result<(), Invalid> {
         ChatRequest::validate(self)
     }
     fn is_stream(&self) -> bool {
@@ -53,11 +49,7 @@ impl ProxyRequest for ChatRequest {
     fn wants_stream_usage(&self) -> bool {
         ChatRequest::wants_stream_usage(self)
     }
-    fn send<'a>(
-        self,
-        provider: &'a dyn Provider,
-        call: Call<'a>,
-    ) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
+    fn send<'a>(self, provider: &'a dyn Provider, call: Call<'a>) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
         provider.chat(call, self)
     }
 }
@@ -67,7 +59,7 @@ impl ProxyRequest for CompletionRequest {
     fn model(&self) -> &str {
         &self.model
     }
-    fn validate(&self) -> Result<(), (String, &'static str)> {
+    fn validate(&self) -> Result<(), Invalid> {
         CompletionRequest::validate(self)
     }
     fn is_stream(&self) -> bool {
@@ -76,11 +68,7 @@ impl ProxyRequest for CompletionRequest {
     fn wants_stream_usage(&self) -> bool {
         CompletionRequest::wants_stream_usage(self)
     }
-    fn send<'a>(
-        self,
-        provider: &'a dyn Provider,
-        call: Call<'a>,
-    ) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
+    fn send<'a>(self, provider: &'a dyn Provider, call: Call<'a>) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
         provider.completions(call, self)
     }
 }
@@ -90,7 +78,7 @@ impl ProxyRequest for EmbeddingsRequest {
     fn model(&self) -> &str {
         &self.model
     }
-    fn validate(&self) -> Result<(), (String, &'static str)> {
+    fn validate(&self) -> Result<(), Invalid> {
         EmbeddingsRequest::validate(self)
     }
     fn is_stream(&self) -> bool {
@@ -99,11 +87,7 @@ impl ProxyRequest for EmbeddingsRequest {
     fn wants_stream_usage(&self) -> bool {
         false
     }
-    fn send<'a>(
-        self,
-        provider: &'a dyn Provider,
-        call: Call<'a>,
-    ) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
+    fn send<'a>(self, provider: &'a dyn Provider, call: Call<'a>) -> BoxFuture<'a, Result<Reply, UpstreamError>> {
         provider.embeddings(call, self)
     }
 }
@@ -120,12 +104,12 @@ pub async fn embeddings(State(gw): State<Arc<Gateway>>, req: Request) -> Respons
     proxy::<EmbeddingsRequest>(gw, req).await
 }
 
-/// Label values for requests rejected before a model was resolved.
-const UNRESOLVED: &str = "";
-
 async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
-    let started = Instant::now();
-    let in_flight = gw.metrics.start();
+    let Ok(permit) = gw.limiter.clone().try_acquire_owned() else {
+        return respond::error(&ApiError::overloaded());
+    };
+    let mut meter = RequestMeter::start(gw.metrics.clone(), R::ENDPOINT, permit);
+    let started = meter.started();
     let deadline = started + gw.settings.request_timeout;
     let (parts, body) = req.into_parts();
     let request_id = parts
@@ -134,52 +118,36 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
 
-    let reject = |err: ApiError| {
-        let labels = Labels {
-            endpoint: R::ENDPOINT,
-            model: UNRESOLVED,
-            provider: UNRESOLVED,
-        };
-        gw.metrics
-            .request(labels, err.status.as_u16(), started.elapsed());
-        respond::error(&err)
-    };
-    let bytes = match read_body(&parts.headers, body, gw.settings.max_body, deadline).await {
-        Ok(b) => b,
-        Err(err) => return reject(err),
-    };
-    let parsed: R = match serde_json::from_slice(&bytes) {
-        Ok(p) => p,
-        Err(e) => return reject(from_json_error(&e)),
-    };
-    if let Err((message, param)) = parsed.validate() {
-        return reject(
+    let prepared = async {
+        let body_deadline = deadline.min(started + gw.settings.body_timeout);
+        let bytes = read_body(&parts.headers, body, gw.settings.max_body, body_deadline).await?;
+        let parsed: R = serde_json::from_slice(&bytes).map_err(|e| from_json_error(&e))?;
+        parsed.validate().map_err(|(message, param)| {
             ApiError::bad_request(message)
                 .with_param(param)
-                .with_code("invalid_value"),
-        );
-    }
-    let backend = match gw.resolver.resolve(parsed.model()) {
-        Ok(b) => b,
-        Err(err) => return reject(err),
+                .with_code("invalid_value")
+        })?;
+        let backend = gw.resolver.resolve(parsed.model())?;
+        Ok::<_, ApiError>((parsed, backend))
     };
-    let labels = Labels {
-        endpoint: R::ENDPOINT,
-        model: &backend.model,
-        provider: &backend.provider_name,
+    let (parsed, backend) = match prepared.await {
+        Ok(ready) => ready,
+        Err(err) => {
+            meter.finish(err.status.as_u16());
+            return respond::error(&err);
+        }
     };
-    let fail = |err: &UpstreamError| {
-        gw.metrics
-            .upstream_error(&backend.provider_name, err.kind());
+    meter.resolved(&backend.model, &backend.provider_name);
+    let fail = |meter: &mut RequestMeter, err: &UpstreamError| {
+        meter.upstream_error(err.kind());
         let api = err.to_api_error();
-        gw.metrics
-            .request(labels, api.status.as_u16(), started.elapsed());
+        meter.finish(api.status.as_u16());
         tracing::warn!(%request_id, model = %backend.model, provider = %backend.provider_name, error = %err, "upstream failed");
         respond::error(&api)
     };
-    let timed_out = || {
-        gw.metrics.upstream_error(&backend.provider_name, "timeout");
-        gw.metrics.request(labels, 504, started.elapsed());
+    let timed_out = |meter: &mut RequestMeter| {
+        meter.upstream_error("timeout");
+        meter.finish(504);
         respond::error(&ApiError::request_timeout())
     };
 
@@ -193,19 +161,18 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
         requested_model: &requested,
     };
     let reply = match timeout_at(deadline, parsed.send(&*backend.provider, call)).await {
-        Err(_) => return timed_out(),
-        Ok(Err(err)) => return fail(&err),
+        Err(_) => return timed_out(&mut meter),
+        Ok(Err(err)) => return fail(&mut meter, &err),
         Ok(Ok(reply)) => reply,
     };
     match reply {
         Reply::Complete { body, usage } => {
-            gw.metrics.request(labels, 200, started.elapsed());
-            if let Some(u) = &usage {
-                gw.metrics.usage(labels, u);
+            meter.finish(200);
+            if let Some(u) = usage {
+                meter.usage(u);
             }
             let mut resp = respond::json(StatusCode::OK, body);
-            resp.headers_mut()
-                .insert("x-tollgate-backend", backend.header.clone());
+            resp.headers_mut().insert("x-tollgate-backend", backend.header.clone());
             resp
         }
         Reply::Stream(mut events) if stream => {
@@ -213,23 +180,18 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
             // any data is an ordinary HTTP error the client (and later a
             // fallback) can act on.
             let first = match timeout_at(deadline, events.next()).await {
-                Err(_) => return timed_out(),
-                Ok(Some(Err(err))) => return fail(&err),
+                Err(_) => return timed_out(&mut meter),
+                Ok(Some(Err(err))) => return fail(&mut meter, &err),
                 Ok(None) => {
-                    return fail(&UpstreamError::Dropped {
+                    let err = UpstreamError::Dropped {
                         provider: backend.provider_name.to_string(),
                         detail: "the stream ended before any data".into(),
-                    });
+                    };
+                    return fail(&mut meter, &err);
                 }
                 Ok(Some(Ok(first))) => first,
             };
-            let labels = StreamLabels {
-                endpoint: R::ENDPOINT,
-                model: backend.model.clone(),
-                provider: backend.provider_name.clone(),
-            };
-            let meter = StreamMeter::new(gw.metrics.clone(), labels, started, in_flight);
-            let relay = SseRelay::new(first, events, forward_usage, deadline, meter);
+            let relay = SseRelay::new(first, events, forward_usage, deadline, meter, request_id);
             let mut resp = Response::new(Body::new(relay));
             let h = resp.headers_mut();
             h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
@@ -237,21 +199,19 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
             h.insert("x-tollgate-backend", backend.header.clone());
             resp
         }
-        Reply::Stream(_) => fail(&UpstreamError::Protocol {
-            provider: backend.provider_name.to_string(),
-            detail: "streamed an answer that was not asked for".into(),
-        }),
+        Reply::Stream(_) => {
+            let err = UpstreamError::Protocol {
+                provider: backend.provider_name.to_string(),
+                detail: "streamed an answer that was not asked for".into(),
+            };
+            fail(&mut meter, &err)
+        }
     }
 }
 
-/// Reads the request body, refusing more than `limit` bytes (413) and a client
-/// that sends too slowly for the deadline (504 is not theirs to cause: 408).
-async fn read_body(
-    headers: &http::HeaderMap,
-    body: Body,
-    limit: usize,
-    deadline: Instant,
-) -> Result<Bytes, ApiError> {
+/// Reads the request body, refusing more than `limit` bytes (413) and a
+/// client that sends it too slowly (408).
+async fn read_body(headers: &http::HeaderMap, body: Body, limit: usize, deadline: Instant) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -267,13 +227,11 @@ async fn read_body(
         )
         .with_code("request_timeout")),
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
+        Ok(Err(e)) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
             Err(ApiError::payload_too_large(limit))
         }
-        Ok(Err(_)) => Err(ApiError::bad_request("The request body could not be read.")
-            .with_code("invalid_request_body")),
+        Ok(Err(_)) => {
+            Err(ApiError::bad_request("The request body could not be read.").with_code("invalid_request_body"))
+        }
     }
 }

@@ -3,6 +3,7 @@
 mod admin;
 pub mod auth;
 mod handlers;
+mod meter;
 pub mod relay;
 mod respond;
 pub mod stack;
@@ -16,60 +17,70 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 pub use state::Gateway;
 
-/// Serves until `shutdown` resolves, then stops accepting and lets in-flight
-/// requests and streams finish within `server.shutdown_grace`.
-pub async fn serve(
-    listener: TcpListener,
-    gw: Arc<Gateway>,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+/// Serves until `shutdown` resolves; then `/ready` fails at once, new
+/// connections are still accepted for `server.shutdown_delay` (so load
+/// balancers that poll `/ready` move away first), then the listener closes
+/// and in-flight requests and streams get `server.shutdown_grace` to finish.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
     let app = stack::app(gw.clone());
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own hard caps stay above the configured header limit, so the
+    // limit answers an OpenAI-shaped 431 rather than hyper's empty one.
+    let hard_header_cap = gw.settings.max_header_bytes.saturating_mul(2).max(16 << 10);
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
-        // hyper's own hard cap stays above the configured limit, so the
-        // limit answers an OpenAI-shaped 431 rather than hyper's empty one.
-        .max_buf_size((gw.settings.max_header_bytes * 2).max(16 << 10));
+        .max_buf_size(hard_header_cap);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size((gw.settings.max_header_bytes * 2) as u32);
+        .max_header_list_size(u32::try_from(hard_header_cap).unwrap_or(u32::MAX));
+    let accept = |stream: TcpStream| {
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    };
 
     gw.set_ready(true);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = TowerToHyperService::new(app.clone());
-                let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => accept(stream),
+                Err(e) => backoff(e).await,
+            },
             () = &mut shutdown => break,
         }
     }
     gw.set_ready(false);
+    if !gw.settings.shutdown_delay.is_zero() {
+        tracing::info!(
+            delay_secs = gw.settings.shutdown_delay.as_secs_f64(),
+            "shutting down: /ready fails, still accepting"
+        );
+        let delay = tokio::time::sleep(gw.settings.shutdown_delay);
+        tokio::pin!(delay);
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => accept(stream),
+                    Err(e) => backoff(e).await,
+                },
+                () = &mut delay => break,
+            }
+        }
+    }
     drop(listener);
     tracing::info!(
         grace_secs = gw.settings.shutdown_grace.as_secs_f64(),
@@ -80,6 +91,12 @@ pub async fn serve(
         Err(_) => tracing::warn!("drain deadline passed; closing the remaining connections"),
     }
     Ok(())
+}
+
+/// Out of file descriptors and the like: back off instead of spinning.
+async fn backoff(error: std::io::Error) {
+    tracing::warn!(%error, "accept failed");
+    tokio::time::sleep(Duration::from_millis(20)).await;
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

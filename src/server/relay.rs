@@ -3,39 +3,20 @@
 //! client can take more, so a slow reader slows the upstream read
 //! (backpressure) and memory per stream stays at one event. When the client
 //! goes away hyper drops the body, which drops the upstream connection and
-//! meters the request as cancelled (status 499).
+//! meters the request as cancelled (499).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body, Frame};
 use tokio::time::{Instant, Sleep};
 
-use crate::api::{ApiError, Usage};
-use crate::metering::metrics::InFlight;
-use crate::metering::{Labels, Metrics};
-use crate::providers::{EventStream, StreamEvent, UpstreamError};
-
-/// Label values owned by a stream, which outlives the handler.
-pub struct StreamLabels {
-    pub endpoint: &'static str,
-    pub model: Arc<str>,
-    pub provider: Arc<str>,
-}
-
-impl StreamLabels {
-    fn get(&self) -> Labels<'_> {
-        Labels {
-            endpoint: self.endpoint,
-            model: &self.model,
-            provider: &self.provider,
-        }
-    }
-}
+use super::meter::RequestMeter;
+use crate::api::ApiError;
+use crate::providers::{EventStream, StreamEvent};
 
 pub struct SseRelay {
     events: EventStream,
@@ -44,36 +25,8 @@ pub struct SseRelay {
     forward_usage: bool,
     deadline: Pin<Box<Sleep>>,
     done: bool,
-    meter: StreamMeter,
-}
-
-/// Meters a stream when it ends, however it ends.
-pub struct StreamMeter {
-    metrics: Arc<Metrics>,
-    labels: StreamLabels,
-    started: Instant,
-    usage: Option<Usage>,
-    /// Set when the stream ends; still `None` on drop means the client left.
-    status: Option<u16>,
-    _in_flight: InFlight,
-}
-
-impl StreamMeter {
-    pub fn new(
-        metrics: Arc<Metrics>,
-        labels: StreamLabels,
-        started: Instant,
-        in_flight: InFlight,
-    ) -> Self {
-        StreamMeter {
-            metrics,
-            labels,
-            started,
-            usage: None,
-            status: None,
-            _in_flight: in_flight,
-        }
-    }
+    meter: RequestMeter,
+    request_id: Box<str>,
 }
 
 impl SseRelay {
@@ -82,11 +35,9 @@ impl SseRelay {
         events: EventStream,
         forward_usage: bool,
         deadline: Instant,
-        meter: StreamMeter,
+        meter: RequestMeter,
+        request_id: &str,
     ) -> Self {
-        meter
-            .metrics
-            .first_token(meter.labels.get(), meter.started.elapsed());
         SseRelay {
             events,
             first: Some(first),
@@ -94,13 +45,17 @@ impl SseRelay {
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             done: false,
             meter,
+            request_id: request_id.into(),
         }
     }
 
     /// Frames one event, or skips it (`None`) when it is a usage chunk the client did not ask for.
     fn frame(&mut self, event: StreamEvent) -> Option<Bytes> {
+        if event.has_content {
+            self.meter.first_token();
+        }
         if let Some(u) = event.usage {
-            self.meter.usage = Some(u);
+            self.meter.usage(u);
         }
         if event.usage_only && !self.forward_usage {
             return None;
@@ -108,17 +63,27 @@ impl SseRelay {
         Some(sse_data(&event.data))
     }
 
-    fn fail(&mut self, error: &ApiError, status: u16) -> Bytes {
+    /// Ends the stream with one error event; no `[DONE]` follows.
+    fn fail(&mut self, error: &ApiError, kind: &str, detail: &dyn std::fmt::Display) -> Bytes {
         self.done = true;
-        self.meter.status = Some(status);
+        self.meter.upstream_error(kind);
+        self.meter.finish(error.status.as_u16());
+        tracing::warn!(request_id = %self.request_id, provider = self.meter.provider(), error = %detail, "stream ended with an error");
         sse_data(&error.to_json())
     }
 }
 
+/// `data: <json>\n\n`. A payload with line breaks gets one `data:` line per
+/// line, as SSE requires, so the client reassembles it intact.
 fn sse_data(json: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(json.len() + 8);
-    out.put_slice(b"data: ");
-    out.put_slice(json);
+    for (i, line) in json.split(|b| *b == b'\n').enumerate() {
+        if i > 0 {
+            out.put_u8(b'\n');
+        }
+        out.put_slice(b"data: ");
+        out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
+    }
     out.put_slice(b"\n\n");
     out.freeze()
 }
@@ -127,10 +92,7 @@ impl Body for SseRelay {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let this = &mut *self;
         if this.done {
             return Poll::Ready(None);
@@ -148,23 +110,18 @@ impl Body for SseRelay {
                     }
                 }
                 Poll::Ready(Some(Err(error))) => {
-                    this.meter
-                        .metrics
-                        .upstream_error(&this.meter.labels.provider, error.kind());
-                    let api = error.to_api_error();
-                    let frame = this.fail(&api, stream_status(&error));
+                    let frame = this.fail(&error.to_api_error(), error.kind(), &error);
                     return Poll::Ready(Some(Ok(Frame::data(frame))));
                 }
                 Poll::Ready(None) => {
                     this.done = true;
-                    this.meter.status = Some(200);
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                        b"data: [DONE]\n\n",
-                    )))));
+                    this.meter.finish(200);
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))));
                 }
                 Poll::Pending => {
                     if this.deadline.as_mut().poll(cx).is_ready() {
-                        let frame = this.fail(&ApiError::request_timeout(), 504);
+                        let error = ApiError::request_timeout();
+                        let frame = this.fail(&error, "timeout", &"the gateway's request timeout passed");
                         return Poll::Ready(Some(Ok(Frame::data(frame))));
                     }
                     return Poll::Pending;
@@ -178,18 +135,16 @@ impl Body for SseRelay {
     }
 }
 
-/// The status a failed stream is metered with.
-fn stream_status(error: &UpstreamError) -> u16 {
-    error.to_api_error().status.as_u16()
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Drop for StreamMeter {
-    fn drop(&mut self) {
-        let labels = self.labels.get();
-        self.metrics
-            .request(labels, self.status.unwrap_or(499), self.started.elapsed());
-        if let Some(usage) = &self.usage {
-            self.metrics.usage(labels, usage);
-        }
+    #[test]
+    fn multi_line_payloads_become_multi_line_events() {
+        assert_eq!(&sse_data(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(
+            &sse_data(b"{\n\"a\":1\r\n}")[..],
+            b"data: {\ndata: \"a\":1\ndata: }\n\n"
+        );
     }
 }

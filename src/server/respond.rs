@@ -14,8 +14,7 @@ pub fn error(err: &ApiError) -> Response {
     *resp.status_mut() = err.status;
     resp.headers_mut().insert(CONTENT_TYPE, JSON);
     if let Some(secs) = err.retry_after {
-        resp.headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }

@@ -3,15 +3,20 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::config::{Config, Secret, ServerSettings};
+use tokio::sync::Semaphore;
+
+use super::auth::Keys;
+use crate::config::{Config, ServerSettings};
 use crate::metering::Metrics;
 use crate::routing::{ModelResolver, StaticResolver};
 
 pub struct Gateway {
     pub settings: ServerSettings,
-    pub keys: Vec<Secret>,
+    pub keys: Keys,
     pub resolver: Box<dyn ModelResolver>,
     pub metrics: Arc<Metrics>,
+    /// `server.max_concurrent_requests`: one permit per proxied request, held to the end of its stream.
+    pub limiter: Arc<Semaphore>,
     ready: AtomicBool,
 }
 
@@ -19,9 +24,12 @@ impl Gateway {
     pub fn from_config(config: &Config) -> Self {
         Gateway {
             settings: config.server.clone(),
-            keys: config.auth_keys.clone(),
+            keys: Keys::new(&config.auth_keys),
             resolver: Box::new(StaticResolver::from_config(config)),
             metrics: Arc::new(Metrics::new()),
+            limiter: Arc::new(Semaphore::new(
+                config.server.max_concurrent_requests.min(Semaphore::MAX_PERMITS),
+            )),
             ready: AtomicBool::new(false),
         }
     }

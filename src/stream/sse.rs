@@ -101,11 +101,7 @@ impl SseDecoder {
         }
         let (name, value) = match memchr::memchr(b':', &line) {
             Some(i) => {
-                let start = if line.get(i + 1) == Some(&b' ') {
-                    i + 2
-                } else {
-                    i + 1
-                };
+                let start = if line.get(i + 1) == Some(&b' ') { i + 2 } else { i + 1 };
                 (line.slice(..i), line.slice(start..))
             }
             None => (line.clone(), Bytes::new()),
@@ -179,10 +175,7 @@ mod tests {
     fn multibyte_characters_split_across_chunks_arrive_intact() {
         let raw = "data: {\"t\":\"18°C ☀️ 東京\"}\n\n".as_bytes();
         for split in 1..raw.len() {
-            assert_eq!(
-                datas(&decode_all(raw, split)),
-                vec!["{\"t\":\"18°C ☀️ 東京\"}"]
-            );
+            assert_eq!(datas(&decode_all(raw, split)), vec!["{\"t\":\"18°C ☀️ 東京\"}"]);
         }
     }
 

@@ -21,11 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 pub fn fixture(path: &str) -> String {
-    std::fs::read_to_string(format!(
-        "{}/tests/fixtures/{path}",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
+    std::fs::read_to_string(format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 pub fn fixture_json(path: &str) -> Value {
@@ -116,6 +112,8 @@ pub struct MockUpstream {
     dropped: watch::Receiver<usize>,
     /// Stream frames handed to the socket so far, over all streams.
     frames_sent: Arc<AtomicUsize>,
+    /// TCP connections accepted so far.
+    connections: Arc<AtomicUsize>,
 }
 
 impl MockUpstream {
@@ -127,17 +125,22 @@ impl MockUpstream {
         let (dropped_tx, dropped) = watch::channel(0usize);
         let dropped_tx = Arc::new(dropped_tx);
         let frames_sent = Arc::new(AtomicUsize::new(0));
-        let (r, s, f) = (received.clone(), scripts.clone(), frames_sent.clone());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (r, s, f, c) = (
+            received.clone(),
+            scripts.clone(),
+            frames_sent.clone(),
+            connections.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else {
                     return;
                 };
+                c.fetch_add(1, Ordering::SeqCst);
                 let (r, s, d, f) = (r.clone(), s.clone(), dropped_tx.clone(), f.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |req| {
-                        handle(req, r.clone(), s.clone(), d.clone(), f.clone())
-                    });
+                    let svc = service_fn(move |req| handle(req, r.clone(), s.clone(), d.clone(), f.clone()));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(tcp), svc)
                         .await;
@@ -150,7 +153,12 @@ impl MockUpstream {
             scripts,
             dropped,
             frames_sent,
+            connections,
         }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 
     pub fn base_url(&self) -> String {
@@ -176,9 +184,7 @@ impl MockUpstream {
     /// Waits until a streamed body was dropped unfinished (the gateway hung up).
     pub async fn wait_dropped(&self, within: Duration) -> bool {
         let mut rx = self.dropped.clone();
-        tokio::time::timeout(within, rx.wait_for(|n| *n > 0))
-            .await
-            .is_ok()
+        tokio::time::timeout(within, rx.wait_for(|n| *n > 0)).await.is_ok()
     }
 }
 
@@ -227,12 +233,8 @@ async fn handle(
             for (k, v) in headers {
                 resp = resp.header(k, v);
             }
-            resp.body(
-                Full::new(Bytes::from(body.to_string()))
-                    .map_err(|e| match e {})
-                    .boxed(),
-            )
-            .unwrap()
+            resp.body(Full::new(Bytes::from(body.to_string())).map_err(|e| match e {}).boxed())
+                .unwrap()
         }
         Script::Stream {
             events,
@@ -257,18 +259,15 @@ async fn handle(
                 total,
                 dropped,
             };
-            let body = stream::unfold(
-                (frames.into_iter(), guard),
-                move |(mut it, mut guard)| async move {
-                    let next = it.next()?;
-                    if guard.sent > 0 {
-                        tokio::time::sleep(gap).await;
-                    }
-                    guard.sent += 1;
-                    guard.frames_sent.fetch_add(1, Ordering::SeqCst);
-                    Some((next.map(Frame::data), (it, guard)))
-                },
-            );
+            let body = stream::unfold((frames.into_iter(), guard), move |(mut it, mut guard)| async move {
+                let next = it.next()?;
+                if guard.sent > 0 {
+                    tokio::time::sleep(gap).await;
+                }
+                guard.sent += 1;
+                guard.frames_sent.fetch_add(1, Ordering::SeqCst);
+                Some((next.map(Frame::data), (it, guard)))
+            });
             Response::builder()
                 .header("content-type", "text/event-stream")
                 .body(StreamBody::new(body).boxed())
@@ -299,16 +298,12 @@ impl Drop for DropGuard {
 
 fn default_script(path: &str, stream: bool) -> Script {
     match (path.rsplit('/').next().unwrap_or(""), stream) {
-        ("completions", true) if path.ends_with("chat/completions") => {
-            Script::sse_fixture("openai/chat_stream.sse")
-        }
+        ("completions", true) if path.ends_with("chat/completions") => Script::sse_fixture("openai/chat_stream.sse"),
         ("completions", false) if path.ends_with("chat/completions") => {
             Script::json(200, fixture_json("openai/chat_response.json"))
         }
         ("completions", true) => Script::sse_fixture("openai/completions_stream.sse"),
-        ("completions", false) => {
-            Script::json(200, fixture_json("openai/completions_response.json"))
-        }
+        ("completions", false) => Script::json(200, fixture_json("openai/completions_response.json")),
         ("embeddings", _) => Script::json(200, fixture_json("openai/embeddings_response.json")),
         _ => Script::json(
             404,
@@ -328,10 +323,7 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway from YAML; `${VAR}` resolves from `env`.
     pub async fn start(yaml: &str, env: &[(&str, &str)]) -> Self {
-        let vars: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let vars: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let cfg = tollgate::config::parse(yaml, &|name| vars.get(name).cloned())
             .unwrap_or_else(|e| panic!("bad test config: {e:?}"));
         let gateway = Arc::new(tollgate::server::Gateway::from_config(&cfg));
@@ -365,12 +357,7 @@ impl TestGateway {
     }
 
     pub async fn metrics(&self) -> String {
-        reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
     }
 }
 
@@ -390,8 +377,6 @@ pub fn sse_data(body: &str) -> Vec<String> {
 
 /// Reads one sample's value from Prometheus text, e.g. `tollgate_requests_total{...}`.
 pub fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|rest| rest.trim().parse().ok())
-    })
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
 }

@@ -1,0 +1,318 @@
+//! OpenAI and every OpenAI-compatible server (vLLM, TGI's Messages API,
+//! Hugging Face's router, Ollama's `/v1`, Groq, Together, ...), and Azure
+//! OpenAI through its flavor. Requests pass through with only `model`
+//! rewritten (and `stream_options.include_usage` added to streams, so they
+//! are metered); streams are relayed event by event.
+
+mod errors;
+mod stream;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::Full;
+use serde::Serialize;
+
+use super::client::UpstreamClient;
+use super::error::UpstreamError;
+use super::{Call, Provider, Reply};
+use crate::api::usage::UsageOnly;
+use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind, StreamOptions};
+use crate::config::{HttpSpec, KeyState};
+
+/// Largest complete (non-streamed) answer accepted from an upstream.
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+/// Largest error body read from an upstream.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+#[derive(Debug, Clone)]
+pub enum Flavor {
+    OpenAi,
+    /// Azure OpenAI classic: the deployment in the path, `api-version` in the query.
+    Azure {
+        api_version: String,
+    },
+}
+
+#[derive(Clone, Copy)]
+enum Endpoint {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Endpoint {
+    fn path(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat/completions",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+pub struct OpenAiProvider {
+    client: UpstreamClient,
+    spec: HttpSpec,
+    flavor: Flavor,
+    /// Pre-built `Authorization`/`api-key` value, marked sensitive so it is never logged.
+    auth: Option<HeaderValue>,
+    /// Endpoint URIs, built once (OpenAI flavor only; Azure's depend on the deployment).
+    uris: Option<[Uri; 3]>,
+}
+
+impl OpenAiProvider {
+    pub fn new(name: &str, spec: HttpSpec, flavor: Flavor) -> Self {
+        let auth = match &spec.key {
+            KeyState::Set(key) => {
+                let raw = if spec.auth_header == http::header::AUTHORIZATION {
+                    format!("Bearer {}", key.expose())
+                } else {
+                    key.expose().to_owned()
+                };
+                // Config validation checked the key is a valid header value.
+                HeaderValue::from_str(&raw).ok().map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                })
+            }
+            _ => None,
+        };
+        let uris = match flavor {
+            Flavor::OpenAi => {
+                let uri = |e: Endpoint| format!("{}/{}", spec.base_url, e.path()).parse::<Uri>().ok();
+                match (
+                    uri(Endpoint::Chat),
+                    uri(Endpoint::Completions),
+                    uri(Endpoint::Embeddings),
+                ) {
+                    (Some(a), Some(b), Some(c)) => Some([a, b, c]),
+                    _ => None,
+                }
+            }
+            Flavor::Azure { .. } => None,
+        };
+        OpenAiProvider {
+            client: UpstreamClient::new(name, spec.timeouts),
+            spec,
+            flavor,
+            auth,
+            uris,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.client.provider()
+    }
+
+    fn uri(&self, endpoint: Endpoint, model: &str) -> Result<Uri, UpstreamError> {
+        let built = match (&self.flavor, &self.uris) {
+            (Flavor::OpenAi, Some(uris)) => return Ok(uris[endpoint as usize].clone()),
+            (Flavor::OpenAi, None) => None,
+            (Flavor::Azure { api_version }, _) => format!(
+                "{}/openai/deployments/{}/{}?api-version={}",
+                self.spec.base_url,
+                percent_encode(model),
+                endpoint.path(),
+                api_version
+            )
+            .parse()
+            .ok(),
+        };
+        built.ok_or_else(|| {
+            UpstreamError::NotConfigured(format!(
+                "provider `{}` cannot build a URL for model `{model}`",
+                self.name()
+            ))
+        })
+    }
+
+    fn request(
+        &self,
+        call: &Call<'_>,
+        endpoint: Endpoint,
+        body: Vec<u8>,
+        stream: bool,
+    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        if let KeyState::Missing(vars) = &self.spec.key {
+            return Err(UpstreamError::NotConfigured(format!(
+                "provider `{}` has no API key: set {} in the gateway's environment",
+                self.name(),
+                vars.join(", ")
+            )));
+        }
+        let uri = self.uri(endpoint, call.upstream_model)?;
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static parts are valid");
+        let headers = req.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        headers.insert(ACCEPT, HeaderValue::from_static(accept));
+        for (name, value) in &self.spec.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(auth) = &self.auth {
+            headers.insert(self.spec.auth_header.clone(), auth.clone());
+        }
+        if let Ok(id) = HeaderValue::from_str(call.request_id) {
+            headers.insert("x-request-id", id);
+        }
+        Ok(req)
+    }
+
+    async fn exchange(
+        &self,
+        call: Call<'_>,
+        endpoint: Endpoint,
+        body: &impl Serialize,
+        stream: bool,
+    ) -> Result<Reply, UpstreamError> {
+        let body = serde_json::to_vec(body).map_err(|e| self.protocol(&e.to_string()))?;
+        let req = self.request(&call, endpoint, body, stream)?;
+        let deadline = self.client.total_deadline();
+        let resp = self.client.send(req, deadline, stream).await?;
+        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        if !status.is_success() {
+            let raw = self
+                .client
+                .read_body(body, MAX_ERROR_BYTES, deadline)
+                .await
+                .unwrap_or_default();
+            return Err(UpstreamError::Status {
+                error: self.translate_error(status, &parts.headers, &raw),
+            });
+        }
+        let content_type = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if stream && content_type.starts_with("text/event-stream") {
+            let azure = matches!(self.flavor, Flavor::Azure { .. });
+            return Ok(Reply::Stream(stream::relay(body, self.client.clone(), deadline, azure)));
+        }
+        let raw = self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await?;
+        if stream {
+            // A JSON answer to a streamed request is an error body or a broken server.
+            let error = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&raw)
+                .is_ok_and(|m| m.contains_key("error"));
+            return Err(if error {
+                UpstreamError::Status {
+                    error: self.translate_error(StatusCode::BAD_GATEWAY, &parts.headers, &raw),
+                }
+            } else {
+                self.protocol("a streamed request was answered without an event stream")
+            });
+        }
+        let usage = serde_json::from_slice::<UsageOnly>(&raw)
+            .map_err(|_| self.protocol("the answer is not JSON"))?
+            .usage;
+        Ok(Reply::Complete { body: raw, usage })
+    }
+
+    fn protocol(&self, detail: &str) -> UpstreamError {
+        UpstreamError::Protocol {
+            provider: self.name().to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// An upstream error as the client sees it: status, type, code and
+    /// message kept; credential problems become the gateway's problem (502),
+    /// never the client's, and never echo anything about the key.
+    fn translate_error(&self, status: StatusCode, headers: &HeaderMap, raw: &[u8]) -> ApiError {
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            let upstream = errors::from_body(status, raw, self.name(), |s| self.scrub(s));
+            tracing::warn!(provider = self.name(), status = status.as_u16(), message = %upstream.message, "upstream rejected the gateway's credentials");
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Upstream,
+                format!(
+                    "provider `{}` rejected the gateway's credentials (upstream status {})",
+                    self.name(),
+                    status.as_u16()
+                ),
+            )
+            .with_code("upstream_auth_failed");
+        }
+        let mut error = errors::from_body(errors::client_status(status), raw, self.name(), |s| self.scrub(s));
+        error.retry_after = errors::retry_after(headers);
+        error
+    }
+
+    /// Removes the provider's key from a message an upstream wrote, should it appear.
+    fn scrub(&self, message: String) -> String {
+        match &self.spec.key {
+            KeyState::Set(key) if key.expose().len() >= 8 && message.contains(key.expose()) => {
+                message.replace(key.expose(), "[redacted]")
+            }
+            _ => message,
+        }
+    }
+
+    fn ask_for_usage(&self, options: &mut Option<StreamOptions>) {
+        if self.spec.stream_usage {
+            options.get_or_insert_with(StreamOptions::default).include_usage = Some(true);
+        }
+    }
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl Provider for OpenAiProvider {
+    async fn chat(&self, call: Call<'_>, mut req: ChatRequest) -> Result<Reply, UpstreamError> {
+        let stream = req.is_stream();
+        req.model = call.upstream_model.to_owned();
+        if stream {
+            // Streams are metered from the usage chunk; the relay hides it from clients that did not ask.
+            self.ask_for_usage(&mut req.stream_options);
+        }
+        self.exchange(call, Endpoint::Chat, &req, stream).await
+    }
+
+    async fn completions(&self, call: Call<'_>, mut req: CompletionRequest) -> Result<Reply, UpstreamError> {
+        let stream = req.is_stream();
+        req.model = call.upstream_model.to_owned();
+        if stream {
+            self.ask_for_usage(&mut req.stream_options);
+        }
+        self.exchange(call, Endpoint::Completions, &req, stream).await
+    }
+
+    async fn embeddings(&self, call: Call<'_>, mut req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
+        req.model = call.upstream_model.to_owned();
+        self.exchange(call, Endpoint::Embeddings, &req, false).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_names_are_percent_encoded() {
+        assert_eq!(percent_encode("gpt-4o_prod.v2"), "gpt-4o_prod.v2");
+        assert_eq!(percent_encode("a b/c?d"), "a%20b%2Fc%3Fd");
+    }
+}

@@ -1,0 +1,261 @@
+//! An upstream's OpenAI-style SSE body → canonical stream events, relayed
+//! one event at a time as they arrive.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream;
+use http::StatusCode;
+use hyper::body::Incoming;
+use memchr::memmem::Finder;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use tokio::time::Instant;
+
+use super::errors;
+use crate::api::{ApiError, Usage};
+use crate::providers::{EventStream, StreamEvent, UpstreamClient, UpstreamError};
+use crate::stream::SseDecoder;
+
+/// Largest single stream event: bounds memory per stream.
+const MAX_EVENT_BYTES: usize = 4 << 20;
+/// After `[DONE]`, how long and how much to read so the connection can go back to the pool.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+const DRAIN_BYTES: usize = 64 << 10;
+
+pub fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, azure: bool) -> EventStream {
+    let state = Relay {
+        body: Some(body),
+        decoder: SseDecoder::new(MAX_EVENT_BYTES),
+        client,
+        deadline,
+        azure,
+        finished: false,
+    };
+    Box::pin(stream::unfold(state, |mut relay| async move {
+        if relay.finished {
+            return None;
+        }
+        let item = relay.next().await;
+        relay.finished = !matches!(item, Some(Ok(_)));
+        item.map(|i| (i, relay))
+    }))
+}
+
+struct Relay {
+    /// `None` once handed to the drain task.
+    body: Option<Incoming>,
+    decoder: SseDecoder,
+    client: UpstreamClient,
+    deadline: Instant,
+    /// Azure adds content-filter annotation chunks that are not part of the answer.
+    azure: bool,
+    finished: bool,
+}
+
+impl Relay {
+    async fn next(&mut self) -> Option<Result<StreamEvent, UpstreamError>> {
+        loop {
+            match self.decoder.next_event() {
+                Err(e) => return Some(Err(self.protocol(&e.to_string()))),
+                Ok(Some(event)) => {
+                    let data = event.data;
+                    if &data[..] == b"[DONE]" {
+                        self.drain();
+                        return None;
+                    }
+                    if data.iter().all(u8::is_ascii_whitespace) {
+                        continue;
+                    }
+                    if data.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                        return Some(Err(self.protocol("a stream event is not a JSON object")));
+                    }
+                    if let Some(error) = midstream_error(&data, self.client.provider()) {
+                        return Some(Err(UpstreamError::Status { error }));
+                    }
+                    if self.azure && is_annotation_only(&data) {
+                        continue;
+                    }
+                    return Some(Ok(classify_chunk(data)));
+                }
+                Ok(None) => {
+                    let body = self.body.as_mut()?;
+                    match self.client.next_chunk(body, self.deadline).await {
+                        Ok(Some(bytes)) => self.decoder.push(&bytes),
+                        Ok(None) => {
+                            return Some(Err(UpstreamError::Dropped {
+                                provider: self.client.provider().to_owned(),
+                                detail: "the stream ended without `data: [DONE]`".into(),
+                            }));
+                        }
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads what follows `[DONE]` (normally just the end of the chunked
+    /// body) off the request path, so the upstream connection is reused
+    /// instead of closed.
+    fn drain(&mut self) {
+        let Some(mut body) = self.body.take() else { return };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + DRAIN_TIME;
+            let mut read = 0;
+            while let Ok(Some(chunk)) = client.next_chunk(&mut body, deadline).await {
+                read += chunk.len();
+                if read > DRAIN_BYTES {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn protocol(&self, detail: &str) -> UpstreamError {
+        UpstreamError::Protocol {
+            provider: self.client.provider().to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":"));
+static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+static CHOICES_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\""));
+static EMPTY_CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\"\""));
+static CONTENT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\""));
+static TEXT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"text\":\""));
+static EMPTY_TEXT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"text\":\"\""));
+static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
+static FILTER_OFFSETS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content_filter_offsets\""));
+
+/// Wraps a chunk without parsing it, unless it carries usage: with
+/// `include_usage` every chunk says `"usage":null`, and only the last one is
+/// worth parsing. Whether it carries content is read from the bytes
+/// (compact JSON, as OpenAI-compatible servers send): it only times the
+/// first token, so a miss costs a metric sample, never an answer.
+pub(crate) fn classify_chunk(data: Bytes) -> StreamEvent {
+    let has_content = (CONTENT_KEY.find(&data).is_some() && EMPTY_CONTENT.find(&data).is_none())
+        || (TEXT_KEY.find(&data).is_some() && EMPTY_TEXT.find(&data).is_none())
+        || TOOL_CALLS_KEY.find(&data).is_some();
+    let has_usage = USAGE_KEY.find(&data).is_some_and(|at| {
+        let rest = &data[at + 8..];
+        rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+    });
+    if !has_usage {
+        return StreamEvent::chunk(data, has_content);
+    }
+    #[derive(Deserialize)]
+    struct Chunk {
+        #[serde(default, deserialize_with = "crate::api::usage::lenient_usage")]
+        usage: Option<Usage>,
+        #[serde(default)]
+        choices: Vec<IgnoredAny>,
+    }
+    match serde_json::from_slice::<Chunk>(&data) {
+        Ok(Chunk {
+            usage: Some(usage),
+            choices,
+        }) if choices.is_empty() => StreamEvent::usage(data, usage),
+        Ok(Chunk { usage, .. }) => StreamEvent {
+            usage,
+            ..StreamEvent::chunk(data, has_content)
+        },
+        Err(_) => StreamEvent::chunk(data, has_content),
+    }
+}
+
+/// An `{"error": ...}` event (no `choices`): the upstream failed mid-stream.
+fn midstream_error(data: &[u8], provider: &str) -> Option<ApiError> {
+    if ERROR_KEY.find(data).is_none() || CHOICES_KEY.find(data).is_some() {
+        return None;
+    }
+    let is_envelope = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(data)
+        .is_ok_and(|m| m.contains_key("error"));
+    is_envelope.then(|| errors::from_body(StatusCode::BAD_GATEWAY, data, provider, |s| s))
+}
+
+/// Azure's content-filter annotations: the prompt-filter chunk (empty `id`,
+/// no choices) and asynchronous-filter chunks (`content_filter_offsets`).
+fn is_annotation_only(data: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Probe<'a> {
+        #[serde(default, borrow)]
+        id: Option<&'a str>,
+    }
+    FILTER_OFFSETS.find(data).is_some()
+        || (memchr::memmem::find(data, b"\"id\":\"\"").is_some()
+            && serde_json::from_slice::<Probe>(data).is_ok_and(|p| p.id.is_none_or(str::is_empty)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture_events(raw: &str) -> Vec<&str> {
+        raw.split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .collect()
+    }
+
+    #[test]
+    fn usage_is_read_only_from_the_usage_chunk() {
+        let raw = include_str!("../../../tests/fixtures/openai/chat_stream.sse");
+        let events: Vec<StreamEvent> = fixture_events(raw)
+            .into_iter()
+            .map(|d| classify_chunk(Bytes::copy_from_slice(d.as_bytes())))
+            .collect();
+        let with_usage: Vec<_> = events.iter().filter(|e| e.usage.is_some()).collect();
+        assert_eq!(with_usage.len(), 1);
+        assert!(with_usage[0].usage_only);
+        assert_eq!(with_usage[0].usage, Some(Usage::new(91, 9)));
+        assert!(events.last().unwrap().usage_only);
+        let content: Vec<bool> = events.iter().map(|e| e.has_content).collect();
+        assert!(!content[0], "the role chunk has no content");
+        assert!(content[1], "the first text chunk has");
+    }
+
+    #[test]
+    fn tool_call_chunks_count_as_content() {
+        let raw = include_str!("../../../tests/fixtures/openai/chat_stream_tool_call.sse");
+        let events: Vec<StreamEvent> = fixture_events(raw)
+            .into_iter()
+            .map(|d| classify_chunk(Bytes::copy_from_slice(d.as_bytes())))
+            .collect();
+        assert!(events.iter().any(|e| e.has_content));
+    }
+
+    #[test]
+    fn azure_annotation_chunks_are_recognised() {
+        let raw = include_str!("../../../tests/fixtures/azure/chat_stream.sse");
+        let events = fixture_events(raw);
+        assert!(is_annotation_only(events[0].as_bytes()));
+        assert!(!is_annotation_only(events[1].as_bytes()));
+        assert!(is_annotation_only(
+            br#"{"choices":[{"index":0,"finish_reason":null,"content_filter_offsets":{"check_offset":0}}],"id":"x"}"#
+        ));
+    }
+
+    #[test]
+    fn midstream_errors_are_detected_however_they_are_spaced() {
+        for raw in [
+            &br#"{"error":{"message":"overloaded","type":"server_error","code":null}}"#[..],
+            br#"{ "error" : { "message": "overloaded", "type": "server_error" } }"#,
+        ] {
+            let e = midstream_error(raw, "p").unwrap();
+            assert_eq!(e.message, "overloaded");
+            assert_eq!(e.kind, "server_error");
+        }
+        assert!(
+            midstream_error(
+                br#"{"id":"x","choices":[{"delta":{"content":"an \"error\" word"}}]}"#,
+                "p"
+            )
+            .is_none()
+        );
+    }
+}

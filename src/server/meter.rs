@@ -1,0 +1,96 @@
+//! Accounting for one proxied request, from its first byte to its last,
+//! however it ends: answered, failed, streamed, cut off by the client, or
+//! panicked. It records when dropped, so no path can skip it or count twice.
+
+use std::sync::Arc;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+
+use crate::api::Usage;
+use crate::metering::metrics::InFlight;
+use crate::metering::{Labels, Metrics};
+
+pub struct RequestMeter {
+    metrics: Arc<Metrics>,
+    endpoint: &'static str,
+    backend: Option<(Arc<str>, Arc<str>)>,
+    started: Instant,
+    usage: Option<Usage>,
+    first_token_seen: bool,
+    /// Unset when dropped means the client went away (499).
+    status: Option<u16>,
+    _in_flight: InFlight,
+    /// The request's share of `server.max_concurrent_requests`, held to the end of a stream.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl RequestMeter {
+    pub fn start(metrics: Arc<Metrics>, endpoint: &'static str, permit: OwnedSemaphorePermit) -> Self {
+        let in_flight = metrics.start();
+        RequestMeter {
+            metrics,
+            endpoint,
+            backend: None,
+            started: Instant::now(),
+            usage: None,
+            first_token_seen: false,
+            status: None,
+            _in_flight: in_flight,
+            _permit: permit,
+        }
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// From now on the request is labelled with its model and provider.
+    pub fn resolved(&mut self, model: &Arc<str>, provider: &Arc<str>) {
+        self.backend = Some((model.clone(), provider.clone()));
+    }
+
+    fn labels(&self) -> Labels<'_> {
+        let (model, provider) = self.backend.as_ref().map_or(("", ""), |(m, p)| (&**m, &**p));
+        Labels {
+            endpoint: self.endpoint,
+            model,
+            provider,
+        }
+    }
+
+    pub fn provider(&self) -> &str {
+        self.labels().provider
+    }
+
+    pub fn usage(&mut self, usage: Usage) {
+        self.usage = Some(usage);
+    }
+
+    /// The first chunk that carries content: time to first token.
+    pub fn first_token(&mut self) {
+        if !self.first_token_seen {
+            self.first_token_seen = true;
+            self.metrics.first_token(self.labels(), self.started.elapsed());
+        }
+    }
+
+    pub fn upstream_error(&self, kind: &str) {
+        self.metrics.upstream_error(self.labels().provider, kind);
+    }
+
+    pub fn finish(&mut self, status: u16) {
+        self.status = Some(status);
+    }
+}
+
+impl Drop for RequestMeter {
+    fn drop(&mut self) {
+        let status = self.status.unwrap_or(if std::thread::panicking() { 500 } else { 499 });
+        let labels = self.labels();
+        self.metrics.request(labels, status, self.started.elapsed());
+        if let Some(usage) = &self.usage {
+            self.metrics.usage(labels, usage);
+        }
+    }
+}
