@@ -69,6 +69,13 @@ def cpu_us_per_req(meta, key="gw_cpu_ticks"):
     return meta[key] / meta["clk_tck"] * 1e6 / n
 
 
+def busy(meta):
+    """Share of one core the gateway used during the run."""
+    if not meta.get("wall_s"):
+        return None
+    return meta["gw_cpu_ticks"] / meta["clk_tck"] / meta["wall_s"]
+
+
 def mib(kib):
     return None if kib is None else kib / 1024.0
 
@@ -106,9 +113,9 @@ def main():
         )
     print(
         "| scenario | c | direct req/s | tollgate req/s | ratio | direct p50 ms | tollgate p50 ms | +p50 ms "
-        "| direct p99 ms | tollgate p99 ms | p99 ratio | tollgate CPU µs/req | mock CPU µs/req | tollgate peak RSS MiB | all 200? |"
+        "| direct p99 ms | tollgate p99 ms | p99 ratio | tollgate CPU µs/req | tollgate core busy | mock CPU µs/req | tollgate peak RSS MiB | all 200? |"
     )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|")
     have_ttfb = False
     for mode in ("plain", "stream"):
         for c in sorted({s["concurrency"] for s in scenarios if s["mode"] == mode}):
@@ -125,7 +132,7 @@ def main():
                 f"| {label} | {c} | {f(rps(dr))} | {f(rps(tr))} | {ratio(rps(tr), rps(dr))} "
                 f"| {f(d50, '{:.3f}')} | {f(t50, '{:.3f}')} | {f(None if d50 is None or t50 is None else t50 - d50, '{:+.3f}')} "
                 f"| {f(d99, '{:.3f}')} | {f(t99, '{:.3f}')} | {ratio(t99, d99)} "
-                f"| {f(cpu_us_per_req(t), '{:.1f}')} | {f(cpu_us_per_req(d, 'mock_cpu_ticks'), '{:.1f}')} "
+                f"| {f(cpu_us_per_req(t), '{:.1f}')} | {f(busy(t), '{:.0%}')} | {f(cpu_us_per_req(d, 'mock_cpu_ticks'), '{:.1f}')} "
                 f"| {f(mib(t.get('gw_hwm_kib')), '{:.1f}')} | {all_ok} |"
             )
     print()
@@ -153,14 +160,23 @@ def main():
     print(
         "Latencies are oha's, client-side, until the whole body has been read (for streams: "
         "until `data: [DONE]`). CPU µs/req = (utime+stime of the process over the measured run) "
-        "/ successful requests. Peak RSS = VmHWM, reset (clear_refs 5) before each run, so it is "
+        "/ successful requests; *core busy* = that CPU time / the run's wall time (100% = tollgate "
+        "saturates its core, so its req/s is its single-core capacity). Peak RSS = VmHWM, reset (clear_refs 5) before each run, so it is "
         "the peak during that run over the memory the process already held."
     )
     if have_ttfb:
-        print("\nTime to first byte (tollgate, p50 / p99 ms):")
+        print("\nTime to first byte (oha's `firstBytePercentiles`: until the response head and first "
+              "body bytes arrive), p50 / p99 ms:\n")
+        print("| scenario | c | direct | through tollgate |")
+        print("|---|--:|--:|--:|")
         for s in scenarios:
-            if s["target"] == "tollgate" and ttfb_ms(s["result"], "p50") is not None:
-                print(f"- {s['name']}: {ttfb_ms(s['result'], 'p50'):.3f} / {ttfb_ms(s['result'], 'p99'):.3f}")
+            if s["target"] != "tollgate" or ttfb_ms(s["result"], "p50") is None:
+                continue
+            d = by.get((s["mode"], s["concurrency"], "direct"))
+            dt = f"{ttfb_ms(d['result'], 'p50'):.3f} / {ttfb_ms(d['result'], 'p99'):.3f}" if d else "–"
+            label = {"plain": "non-streaming", "stream": "streaming", "slow": "slow streams"}[s["mode"]]
+            print(f"| {label} | {s['concurrency']} | {dt} "
+                  f"| {ttfb_ms(s['result'], 'p50'):.3f} / {ttfb_ms(s['result'], 'p99'):.3f} |")
     else:
         print(
             "\nTime to first byte: not available; this oha version's JSON has no first-byte "
@@ -172,9 +188,9 @@ def main():
         print("\n### Slow streams held open\n")
         print(
             "| concurrent streams | event gap ms | streams completed | streams/s | p50 s | p99 s "
-            "| tollgate idle RSS MiB | tollgate peak RSS MiB | peak fds | tollgate CPU µs/stream | all 200? |"
+            "| tollgate idle RSS MiB | tollgate peak RSS MiB | peak fds | tollgate CPU µs/stream | listen-queue overflows | all 200? |"
         )
-        print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|")
+        print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|")
         for s in slow:
             r = s["result"]
             p50, p99 = pct_ms(r, "p50"), pct_ms(r, "p99")
@@ -182,8 +198,13 @@ def main():
                 f"| {s['concurrency']} | {s.get('slow_ms')} | {ok_count(r)} | {f(rps(r), '{:.1f}')} "
                 f"| {f(None if p50 is None else p50 / 1000, '{:.2f}')} | {f(None if p99 is None else p99 / 1000, '{:.2f}')} "
                 f"| {f(mib(s.get('gw_idle_rss_kib')), '{:.1f}')} | {f(mib(s.get('gw_hwm_kib')), '{:.1f}')} "
-                f"| {s.get('peak_fds')} | {f(cpu_us_per_req(s), '{:.0f}')} | {'yes' if not failures(r) else '**NO**'} |"
+                f"| {s.get('peak_fds')} | {f(cpu_us_per_req(s), '{:.0f}')} | {s.get('listen_overflows', '–')} "
+                f"| {'yes' if not failures(r) else '**NO**'} |"
             )
+        if any(s.get("listen_overflows") for s in slow):
+            print("\nListen-queue overflows (TcpExtListenOverflows, system-wide) mean some of the "
+                  "simultaneous connects were dropped and retried by the client's kernel after 1 s: "
+                  "that, not tollgate's work, is the ~1 s first-byte p99 of this scenario.")
 
     print("\n### Targets\n")
     checks = []

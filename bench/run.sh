@@ -2,7 +2,7 @@
 # tollgate's benchmark harness: the gateway's overhead over a direct call to a
 # (very fast) mock OpenAI upstream. A benchmark, not a test: never run from CI.
 #
-#   bench/run.sh                      # 10 s per scenario, ~3 minutes in all
+#   bench/run.sh                      # 10 s per scenario, ~3.5 minutes in all
 #   BENCH_SECONDS=5 bench/run.sh      # shorter
 #
 # Environment knobs (all optional):
@@ -67,10 +67,10 @@ MOCK=$ROOT/target/release/examples/mock_upstream
 [ -x "$MOCK" ] || die "$MOCK not built"
 
 # 2. The load generator.
+case ":$PATH:" in *":$HOME/.cargo/bin:"*) ;; *) export PATH="$PATH:$HOME/.cargo/bin" ;; esac
 if ! command -v oha >/dev/null; then
     log "installing oha (cargo install oha --locked; takes a few minutes)"
     cargo install oha --locked
-    export PATH="$HOME/.cargo/bin:$PATH"
 fi
 OHA_VERSION=$(oha --version 2>/dev/null | head -n1)
 OHA_HELP=$(oha --help 2>&1)
@@ -172,6 +172,10 @@ cpu_ticks() { # utime + stime of a whole process (all threads), in clock ticks
 }
 status_kib() { # /proc/PID/status field in KiB
     awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"
+}
+listen_overflows() { # system-wide count of connections dropped because an accept queue was full
+    awk '$1 == "TcpExt:" && !h { for (i = 2; i <= NF; i++) if ($i == "ListenOverflows") c = i; h = 1; next }
+         $1 == "TcpExt:" && h { print $c + 0; exit }' /proc/net/netstat 2>/dev/null || echo 0
 }
 reset_peak_rss() { # VmHWM := VmRSS (Linux >= 4.0); 0 on success
     { echo 5 >"/proc/$1/clear_refs"; } 2>/dev/null
@@ -287,6 +291,7 @@ SLOW_URL="http://127.0.0.1:$SLOW_GW_PORT/v1/chat/completions"
 check "tollgate slow stream" "$SLOW_URL" "$WORK/slow.json"
 slow_idle=$(status_kib "$SLOW_GW_PID" VmRSS)
 gw0=$(cpu_ticks "$SLOW_GW_PID")
+lo0=$(listen_overflows)
 # Sample the gateway's RSS and sockets while the streams are open.
 (
     peak_fds=0
@@ -301,12 +306,13 @@ t0=$(date +%s.%N)
 oha_run "$OUT/slow-c$SLOW_CONNS-tollgate.json" "$SLOW_URL" "$WORK/slow.json" "$SLOW_CONNS" "$SLOW_SECONDS"
 t1=$(date +%s.%N)
 gw1=$(cpu_ticks "$SLOW_GW_PID")
+lo1=$(listen_overflows)
 kill "$SAMPLER" 2>/dev/null || true
 wait "$SAMPLER" 2>/dev/null || true
-printf '{"name":"%s","mode":"slow","concurrency":%s,"target":"tollgate","oha":"%s","wall_s":%s,"clk_tck":%s,"gw_cpu_ticks":%s,"gw_hwm_kib":%s,"gw_rss_kib":%s,"gw_idle_rss_kib":%s,"peak_fds":%s,"slow_ms":%s,"hwm_reset":false}\n' \
+printf '{"name":"%s","mode":"slow","concurrency":%s,"target":"tollgate","oha":"%s","wall_s":%s,"clk_tck":%s,"gw_cpu_ticks":%s,"gw_hwm_kib":%s,"gw_rss_kib":%s,"gw_idle_rss_kib":%s,"peak_fds":%s,"slow_ms":%s,"listen_overflows":%s,"hwm_reset":false}\n' \
     "slow-c$SLOW_CONNS-tollgate" "$SLOW_CONNS" "slow-c$SLOW_CONNS-tollgate.json" "$(elapsed "$t0" "$t1")" \
     "$CLK_TCK" $((gw1 - gw0)) "$(status_kib "$SLOW_GW_PID" VmHWM)" "$(status_kib "$SLOW_GW_PID" VmRSS)" \
-    "$slow_idle" "$(cat "$WORK/slow_fds" 2>/dev/null || echo 0)" "$SLOW_MS" >>"$META"
+    "$slow_idle" "$(cat "$WORK/slow_fds" 2>/dev/null || echo 0)" "$SLOW_MS" $((lo1 - lo0)) >>"$META"
 
 cat >"$OUT/machine.json" <<EOF
 {"nproc": $NPROC, "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')", "kernel": "$(uname -r)", "oha": "$OHA_VERSION", "seconds": $SECONDS_PER, "warmup": $WARMUP, "chunks": $CHUNKS, "gw_idle_rss_kib": $GW_IDLE_RSS_KIB, "gw_threads": $(status_kib "$GW_PID" Threads), "mock_core": $MOCK_CORE, "gw_core": $GW_CORE, "load_core": $LOAD_CORE, "command": "BENCH_SECONDS=$SECONDS_PER bench/run.sh"}

@@ -1,4 +1,4 @@
-//! A tiny, fast mock of the OpenAI chat completions API, for benchmarking
+//! A tiny, fast mock of the `OpenAI` chat completions API, for benchmarking
 //! tollgate (see `bench/run.sh` and `docs/benchmarks.md`). Not a test double:
 //! it answers every `POST …/chat/completions` with the same precomputed bytes.
 //!
@@ -8,13 +8,13 @@
 //!
 //! * Without `"stream":true` in the body: a fixed ~500-byte `chat.completion`
 //!   JSON with usage.
-//! * With `"stream":true`: an SSE stream like OpenAI's: `--chunks` content
+//! * With `"stream":true`: an SSE stream like `OpenAI`'s: `--chunks` content
 //!   chunks, a finish chunk, a usage chunk (`"choices":[]`), then
 //!   `data: [DONE]`. With `--slow-ms N` it waits N ms before each event after
 //!   the first (to hold many streams open); by default it sends everything at once.
 //!
 //! The request body is only scanned for `"stream"` followed by `true`; no JSON
-//! parsing. One single-threaded runtime, HTTP/1.1 keep-alive, TCP_NODELAY.
+//! parsing. One single-threaded runtime, HTTP/1.1 keep-alive, `TCP_NODELAY`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -66,8 +66,7 @@ fn parse_args() -> Config {
             "--listen" => listen = Some(value().parse().unwrap_or_else(|_| usage())),
             "--chunks" => chunks = value().parse().unwrap_or_else(|_| usage()),
             "--slow-ms" => slow_ms = value().parse().unwrap_or_else(|_| usage()),
-            "-h" | "--help" => usage(),
-            _ => usage(),
+            _ => usage(), // including -h/--help
         }
     }
     Config {
