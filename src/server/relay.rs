@@ -49,34 +49,37 @@ impl SseRelay {
         }
     }
 
-    /// Frames one event, or skips it (`None`) when it is a usage chunk the client did not ask for.
-    fn frame(&mut self, event: StreamEvent) -> Option<Bytes> {
+    /// Writes one event into `out`, or nothing when it is a usage chunk the client did not ask for.
+    fn write_event(&mut self, out: &mut BytesMut, event: StreamEvent) {
         if event.has_content {
             self.meter.first_token();
         }
         if let Some(u) = event.usage {
             self.meter.usage(u);
         }
-        if event.usage_only && !self.forward_usage {
-            return None;
+        if !event.usage_only || self.forward_usage {
+            put_sse_data(out, &event.data);
         }
-        Some(sse_data(&event.data))
     }
 
     /// Ends the stream with one error event; no `[DONE]` follows.
-    fn fail(&mut self, error: &ApiError, kind: &str, detail: &dyn std::fmt::Display) -> Bytes {
+    fn fail(&mut self, out: &mut BytesMut, error: &ApiError, kind: &str, detail: &dyn std::fmt::Display) {
         self.done = true;
         self.meter.upstream_error(kind);
         self.meter.finish(error.status.as_u16());
         tracing::warn!(request_id = %self.request_id, provider = self.meter.provider(), error = %detail, "stream ended with an error");
-        sse_data(&error.to_json())
+        put_sse_data(out, &error.to_json());
     }
 }
 
+/// Events already waiting are sent in one write, up to this many bytes:
+/// nothing waits for more to arrive, but a burst costs one syscall, not one per event.
+const COALESCE_BYTES: usize = 16 << 10;
+
 /// `data: <json>\n\n`. A payload with line breaks gets one `data:` line per
 /// line, as SSE requires, so the client reassembles it intact.
-fn sse_data(json: &[u8]) -> Bytes {
-    let mut out = BytesMut::with_capacity(json.len() + 8);
+fn put_sse_data(out: &mut BytesMut, json: &[u8]) {
+    out.reserve(json.len() + 8);
     for (i, line) in json.split(|b| *b == b'\n').enumerate() {
         if i > 0 {
             out.put_u8(b'\n');
@@ -85,7 +88,6 @@ fn sse_data(json: &[u8]) -> Bytes {
         out.put_slice(line.strip_suffix(b"\r").unwrap_or(line));
     }
     out.put_slice(b"\n\n");
-    out.freeze()
 }
 
 impl Body for SseRelay {
@@ -97,37 +99,37 @@ impl Body for SseRelay {
         if this.done {
             return Poll::Ready(None);
         }
-        if let Some(first) = this.first.take()
-            && let Some(frame) = this.frame(first)
-        {
-            return Poll::Ready(Some(Ok(Frame::data(frame))));
+        let mut out = BytesMut::new();
+        if let Some(first) = this.first.take() {
+            this.write_event(&mut out, first);
         }
-        loop {
+        while out.len() < COALESCE_BYTES {
             match this.events.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(event))) => {
-                    if let Some(frame) = this.frame(event) {
-                        return Poll::Ready(Some(Ok(Frame::data(frame))));
-                    }
-                }
+                Poll::Ready(Some(Ok(event))) => this.write_event(&mut out, event),
                 Poll::Ready(Some(Err(error))) => {
-                    let frame = this.fail(&error.to_api_error(), error.kind(), &error);
-                    return Poll::Ready(Some(Ok(Frame::data(frame))));
+                    this.fail(&mut out, &error.to_api_error(), error.kind(), &error);
+                    break;
                 }
                 Poll::Ready(None) => {
                     this.done = true;
                     this.meter.finish(200);
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n")))));
+                    out.put_slice(b"data: [DONE]\n\n");
+                    break;
                 }
                 Poll::Pending => {
-                    if this.deadline.as_mut().poll(cx).is_ready() {
+                    if out.is_empty() && this.deadline.as_mut().poll(cx).is_ready() {
                         let error = ApiError::request_timeout();
-                        let frame = this.fail(&error, "timeout", &"the gateway's request timeout passed");
-                        return Poll::Ready(Some(Ok(Frame::data(frame))));
+                        this.fail(&mut out, &error, "timeout", &"the gateway's request timeout passed");
                     }
-                    return Poll::Pending;
+                    break;
                 }
             }
         }
+        if out.is_empty() {
+            // Only a Pending poll leaves nothing to send; it registered the waker.
+            return Poll::Pending;
+        }
+        Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -141,10 +143,12 @@ mod tests {
 
     #[test]
     fn multi_line_payloads_become_multi_line_events() {
-        assert_eq!(&sse_data(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
-        assert_eq!(
-            &sse_data(b"{\n\"a\":1\r\n}")[..],
-            b"data: {\ndata: \"a\":1\ndata: }\n\n"
-        );
+        let framed = |json: &[u8]| {
+            let mut out = BytesMut::new();
+            put_sse_data(&mut out, json);
+            out
+        };
+        assert_eq!(&framed(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(&framed(b"{\n\"a\":1\r\n}")[..], b"data: {\ndata: \"a\":1\ndata: }\n\n");
     }
 }

@@ -1,16 +1,16 @@
 //! The request pipeline, built in one place.
 //!
 //! Order, outermost first, and why:
-//! 1. `clean_request_id`: drops a client `x-request-id` that is not 1-128 visible ASCII
-//!    characters, so logs and upstream headers only ever carry a sane id.
-//! 2. `SetRequestIdLayer`: keeps the client's `x-request-id` or makes a UUID, so every
-//!    later step (logs, the upstream call) sees one id.
-//! 3. `PropagateRequestIdLayer`: copies the id onto the response, error responses included.
-//! 4. `CatchPanicLayer`: a bug in a handler becomes an OpenAI-shaped 500 with the request id.
-//! 5. `edge`: one access-log line per request (id, status, time to response head); rejects
-//!    oversized headers (431) and missing or wrong gateway keys (401, except on /health,
-//!    /ready and /metrics), metering both.
-//! 6. The router: the handlers read the body within `server.max_body` and
+//! 1. `edge`, one middleware so the common path pays for one layer, not five:
+//!    - the request id: the client's `x-request-id` if it is 1-128 visible ASCII
+//!      characters, else a new UUID; written into the request (handlers log it and send it
+//!      upstream) and onto every response, error responses included;
+//!    - rejects oversized headers (431) and missing or wrong gateway keys (401, except on
+//!      /health, /ready and /metrics), metering both;
+//!    - one access-log line per request (id, status, time to response head).
+//! 2. `CatchPanicLayer`: a bug in a handler becomes an OpenAI-shaped 500, which still
+//!    gets its request id from `edge`.
+//! 3. The router: the handlers read the body within `server.max_body` and
 //!    `server.body_timeout` (413, 408), parse and validate it (400), resolve the model (404),
 //!    take a slot of `server.max_concurrent_requests` (503), and call the provider within
 //!    `server.request_timeout` (504).
@@ -23,9 +23,9 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{get, post};
+use http::{HeaderName, HeaderValue};
 use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use super::state::Gateway;
 use super::{admin, handlers, respond};
@@ -47,11 +47,8 @@ pub fn app(gw: Arc<Gateway>) -> Router {
         .method_not_allowed_fallback(admin::method_not_allowed)
         .layer(
             ServiceBuilder::new()
-                .layer(middleware::from_fn(clean_request_id))
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(CatchPanicLayer::custom(panic_response))
-                .layer(middleware::from_fn_with_state(gw.clone(), edge)),
+                .layer(middleware::from_fn_with_state(gw.clone(), edge))
+                .layer(CatchPanicLayer::custom(panic_response)),
         )
         .with_state(gw)
 }
@@ -78,17 +75,24 @@ pub fn meter_rejection(gw: &Gateway, path: &str, err: &ApiError, started: Instan
     respond::error(err)
 }
 
-async fn clean_request_id(mut req: Request, next: Next) -> Response {
-    let sane =
-        |v: &http::HeaderValue| (1..=128).contains(&v.len()) && v.as_bytes().iter().all(|b| b.is_ascii_graphic());
-    if req.headers().get("x-request-id").is_some_and(|v| !sane(v)) {
-        req.headers_mut().remove("x-request-id");
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The client's request id if it is sane, else a new one.
+fn request_id(headers: &http::HeaderMap) -> HeaderValue {
+    match headers.get(&REQUEST_ID) {
+        Some(v) if (1..=128).contains(&v.len()) && v.as_bytes().iter().all(u8::is_ascii_graphic) => v.clone(),
+        _ => {
+            let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            HeaderValue::from_str(id).expect("a UUID is a valid header value")
+        }
     }
-    next.run(req).await
 }
 
-async fn edge(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Response {
+async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let id = request_id(req.headers());
+    req.headers_mut().insert(REQUEST_ID, id.clone());
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let rejection = if header_bytes > gw.settings.max_header_bytes {
         Some(ApiError::headers_too_large(gw.settings.max_header_bytes))
@@ -98,23 +102,17 @@ async fn edge(State(gw): State<Arc<Gateway>>, req: Request, next: Next) -> Respo
         None
     };
     // Access logs cost nothing when filtered out: nothing is copied then.
-    let log = tracing::enabled!(tracing::Level::INFO).then(|| {
-        let id = req
-            .headers()
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_owned();
-        (req.method().clone(), req.uri().path().to_owned(), id)
-    });
-    let resp = match rejection {
+    let log = tracing::enabled!(tracing::Level::INFO).then(|| (req.method().clone(), req.uri().path().to_owned()));
+    let mut resp = match rejection {
         Some(err) => meter_rejection(&gw, req.uri().path(), &err, started),
         None => next.run(req).await,
     };
-    if let Some((method, path, id)) = log {
+    if let Some((method, path)) = log {
         let ms = started.elapsed().as_secs_f64() * 1e3;
-        tracing::info!(request_id = %id, %method, %path, status = resp.status().as_u16(), ms, "request");
+        let request_id = id.to_str().unwrap_or("");
+        tracing::info!(request_id, %method, %path, status = resp.status().as_u16(), ms, "request");
     }
+    resp.headers_mut().insert(REQUEST_ID, id);
     resp
 }
 
