@@ -9,11 +9,6 @@ use tollgate::config::{self, LogFormat};
 use tollgate::server::{self, Gateway};
 use tracing_subscriber::EnvFilter;
 
-/// mimalloc: the request path allocates many small, short-lived buffers,
-/// where it is markedly cheaper than glibc's allocator (see docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "tollgate",

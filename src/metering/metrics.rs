@@ -9,6 +9,52 @@ use prometheus::{
 
 use crate::api::Usage;
 
+/// The proxy endpoints, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Chat = 0,
+    Completions = 1,
+    Embeddings = 2,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [Endpoint::Chat, Endpoint::Completions, Endpoint::Embeddings];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Chat => "chat",
+            Endpoint::Completions => "completions",
+            Endpoint::Embeddings => "embeddings",
+        }
+    }
+}
+
+/// The series of one endpoint, model and provider, looked up once when the
+/// config loads, so a request's successful path hashes no label values.
+pub struct Series {
+    ok: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+    ttft: prometheus::Histogram,
+    prompt_tokens: prometheus::IntCounter,
+    completion_tokens: prometheus::IntCounter,
+}
+
+impl Series {
+    pub fn success(&self, elapsed: Duration) {
+        self.ok.inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn first_token(&self, elapsed: Duration) {
+        self.ttft.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn usage(&self, usage: &Usage) {
+        self.prompt_tokens.inc_by(usage.prompt_tokens);
+        self.completion_tokens.inc_by(usage.completion_tokens);
+    }
+}
+
 /// Who served a request, as metric labels.
 #[derive(Debug, Clone, Copy)]
 pub struct Labels<'a> {
@@ -119,6 +165,21 @@ impl Metrics {
             tokens,
             upstream_errors,
             in_flight,
+        }
+    }
+
+    pub fn series(&self, labels: Labels<'_>) -> Series {
+        let Labels {
+            endpoint,
+            model,
+            provider,
+        } = labels;
+        Series {
+            ok: self.requests.with_label_values(&[endpoint, model, provider, "200"]),
+            duration: self.duration.with_label_values(&[endpoint, model, provider]),
+            ttft: self.ttft.with_label_values(&[endpoint, model, provider]),
+            prompt_tokens: self.tokens.with_label_values(&[model, provider, "prompt"]),
+            completion_tokens: self.tokens.with_label_values(&[model, provider, "completion"]),
         }
     }
 

@@ -3,4 +3,4 @@
 
 pub mod metrics;
 
-pub use metrics::{Labels, Metrics};
+pub use metrics::{Endpoint, Labels, Metrics, Series};

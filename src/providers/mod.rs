@@ -16,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::Stream;
+use http::HeaderValue;
 
 use crate::api::{ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
 use crate::config::{ProviderKind, ProviderSpec};
@@ -26,7 +27,10 @@ pub use error::UpstreamError;
 /// What a provider needs to know about the call besides the request body.
 #[derive(Debug, Clone, Copy)]
 pub struct Call<'a> {
-    pub request_id: &'a str,
+    /// `x-request-id`, set (or checked) by the server's edge layer; sent upstream.
+    pub request_id: &'a HeaderValue,
+    /// Size of the client's request body: a capacity hint for the upstream body.
+    pub body_size: usize,
     /// The name the upstream knows the model by (Azure: the deployment).
     pub upstream_model: &'a str,
     /// The name the client asked for; simulated answers echo it.

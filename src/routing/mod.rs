@@ -9,6 +9,7 @@ use http::HeaderValue;
 
 use crate::api::ApiError;
 use crate::config::Config;
+use crate::metering::{Endpoint, Labels, Metrics, Series};
 use crate::providers::{self, Provider};
 
 /// A configured model on its provider.
@@ -20,6 +21,8 @@ pub struct Backend {
     pub provider: Arc<dyn Provider>,
     /// `x-tollgate-backend`: `provider/model`, built once.
     pub header: HeaderValue,
+    /// Metric series per endpoint, indexed by `Endpoint as usize`.
+    pub series: [Arc<Series>; 3],
 }
 
 pub trait ModelResolver: Send + Sync {
@@ -36,7 +39,7 @@ pub struct StaticResolver {
 }
 
 impl StaticResolver {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &Config, metrics: &Metrics) -> Self {
         let providers: HashMap<&str, Arc<dyn Provider>> = config
             .providers
             .iter()
@@ -58,6 +61,14 @@ impl StaticResolver {
                 provider: provider.clone(),
                 header: HeaderValue::from_str(&format!("{}/{}", m.provider, m.name))
                     .unwrap_or(HeaderValue::from_static("unknown")),
+                series: Endpoint::ALL.map(|endpoint| {
+                    let labels = Labels {
+                        endpoint: endpoint.as_str(),
+                        model: &m.name,
+                        provider: &m.provider,
+                    };
+                    Arc::new(metrics.series(labels))
+                }),
             });
             for name in std::iter::once(&m.name).chain(&m.aliases) {
                 by_name.insert(name.clone(), index);

@@ -22,12 +22,13 @@ use super::respond;
 use super::state::Gateway;
 use crate::api::error::from_json_error;
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, Invalid};
+use crate::metering::Endpoint;
 use crate::providers::{Call, Provider, Reply, UpstreamError};
 
 /// A request type the proxy path can serve.
 pub trait ProxyRequest: DeserializeOwned + Send + 'static {
     /// The metric label of the endpoint.
-    const ENDPOINT: &'static str;
+    const ENDPOINT: Endpoint;
     fn model(&self) -> &str;
     fn validate(&self) -> Result<(), Invalid>;
     fn is_stream(&self) -> bool;
@@ -36,7 +37,7 @@ pub trait ProxyRequest: DeserializeOwned + Send + 'static {
 }
 
 impl ProxyRequest for ChatRequest {
-    const ENDPOINT: &'static str = "chat";
+    const ENDPOINT: Endpoint = Endpoint::Chat;
     fn model(&self) -> &str {
         &self.model
     }
@@ -55,7 +56,7 @@ impl ProxyRequest for ChatRequest {
 }
 
 impl ProxyRequest for CompletionRequest {
-    const ENDPOINT: &'static str = "completions";
+    const ENDPOINT: Endpoint = Endpoint::Completions;
     fn model(&self) -> &str {
         &self.model
     }
@@ -74,7 +75,7 @@ impl ProxyRequest for CompletionRequest {
 }
 
 impl ProxyRequest for EmbeddingsRequest {
-    const ENDPOINT: &'static str = "embeddings";
+    const ENDPOINT: Endpoint = Endpoint::Embeddings;
     fn model(&self) -> &str {
         &self.model
     }
@@ -112,11 +113,13 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
     let started = meter.started();
     let deadline = started + gw.settings.request_timeout;
     let (parts, body) = req.into_parts();
-    let request_id = parts
+    // The edge layer always sets a sane id.
+    let request_header = parts
         .headers
         .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("-"));
+    let request_id = request_header.to_str().unwrap_or("-");
 
     let prepared = async {
         let body_deadline = deadline.min(started + gw.settings.body_timeout);
@@ -128,16 +131,16 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 .with_code("invalid_value")
         })?;
         let backend = gw.resolver.resolve(parsed.model())?;
-        Ok::<_, ApiError>((parsed, backend))
+        Ok::<_, ApiError>((parsed, backend, bytes.len()))
     };
-    let (parsed, backend) = match prepared.await {
+    let (parsed, backend, body_size) = match prepared.await {
         Ok(ready) => ready,
         Err(err) => {
             meter.finish(err.status.as_u16());
             return respond::error(&err);
         }
     };
-    meter.resolved(&backend.model, &backend.provider_name);
+    meter.resolved(backend);
     let fail = |meter: &mut RequestMeter, err: &UpstreamError| {
         meter.upstream_error(err.kind());
         let api = err.to_api_error();
@@ -156,7 +159,8 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
     // `send` consumes the request: keep the name the client asked for.
     let requested = parsed.model().to_owned();
     let call = Call {
-        request_id,
+        request_id: &request_header,
+        body_size,
         upstream_model: &backend.upstream_model,
         requested_model: &requested,
     };

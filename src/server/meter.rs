@@ -9,12 +9,14 @@ use tokio::time::Instant;
 
 use crate::api::Usage;
 use crate::metering::metrics::InFlight;
-use crate::metering::{Labels, Metrics};
+use crate::metering::{Endpoint, Labels, Metrics, Series};
+use crate::routing::Backend;
 
 pub struct RequestMeter {
     metrics: Arc<Metrics>,
-    endpoint: &'static str,
-    backend: Option<(Arc<str>, Arc<str>)>,
+    endpoint: Endpoint,
+    /// Model and provider names, and their series, once the model is resolved.
+    backend: Option<(Arc<str>, Arc<str>, Arc<Series>)>,
     started: Instant,
     usage: Option<Usage>,
     first_token_seen: bool,
@@ -26,7 +28,7 @@ pub struct RequestMeter {
 }
 
 impl RequestMeter {
-    pub fn start(metrics: Arc<Metrics>, endpoint: &'static str, permit: OwnedSemaphorePermit) -> Self {
+    pub fn start(metrics: Arc<Metrics>, endpoint: Endpoint, permit: OwnedSemaphorePermit) -> Self {
         let in_flight = metrics.start();
         RequestMeter {
             metrics,
@@ -46,14 +48,15 @@ impl RequestMeter {
     }
 
     /// From now on the request is labelled with its model and provider.
-    pub fn resolved(&mut self, model: &Arc<str>, provider: &Arc<str>) {
-        self.backend = Some((model.clone(), provider.clone()));
+    pub fn resolved(&mut self, backend: &Backend) {
+        let series = backend.series[self.endpoint as usize].clone();
+        self.backend = Some((backend.model.clone(), backend.provider_name.clone(), series));
     }
 
     fn labels(&self) -> Labels<'_> {
-        let (model, provider) = self.backend.as_ref().map_or(("", ""), |(m, p)| (&**m, &**p));
+        let (model, provider) = self.backend.as_ref().map_or(("", ""), |(m, p, _)| (&**m, &**p));
         Labels {
-            endpoint: self.endpoint,
+            endpoint: self.endpoint.as_str(),
             model,
             provider,
         }
@@ -69,9 +72,14 @@ impl RequestMeter {
 
     /// The first chunk that carries content: time to first token.
     pub fn first_token(&mut self) {
-        if !self.first_token_seen {
-            self.first_token_seen = true;
-            self.metrics.first_token(self.labels(), self.started.elapsed());
+        if self.first_token_seen {
+            return;
+        }
+        self.first_token_seen = true;
+        let elapsed = self.started.elapsed();
+        match &self.backend {
+            Some((_, _, series)) => series.first_token(elapsed),
+            None => self.metrics.first_token(self.labels(), elapsed),
         }
     }
 
@@ -87,8 +95,17 @@ impl RequestMeter {
 impl Drop for RequestMeter {
     fn drop(&mut self) {
         let status = self.status.unwrap_or(if std::thread::panicking() { 500 } else { 499 });
+        let elapsed = self.started.elapsed();
+        if let (200, Some((_, _, series))) = (status, &self.backend) {
+            // The common path: handles resolved at load, no label hashing.
+            series.success(elapsed);
+            if let Some(usage) = &self.usage {
+                series.usage(usage);
+            }
+            return;
+        }
         let labels = self.labels();
-        self.metrics.request(labels, status, self.started.elapsed());
+        self.metrics.request(labels, status, elapsed);
         if let Some(usage) = &self.usage {
             self.metrics.usage(labels, usage);
         }

@@ -22,11 +22,12 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn from_config(config: &Config) -> Self {
+        let metrics = Arc::new(Metrics::new());
         Gateway {
             settings: config.server.clone(),
             keys: Keys::new(&config.auth_keys),
-            resolver: Box::new(StaticResolver::from_config(config)),
-            metrics: Arc::new(Metrics::new()),
+            resolver: Box::new(StaticResolver::from_config(config, &metrics)),
+            metrics,
             limiter: Arc::new(Semaphore::new(
                 config.server.max_concurrent_requests.min(Semaphore::MAX_PERMITS),
             )),

@@ -162,9 +162,7 @@ impl OpenAiProvider {
         if let Some(auth) = &self.auth {
             headers.insert(self.spec.auth_header.clone(), auth.clone());
         }
-        if let Ok(id) = HeaderValue::from_str(call.request_id) {
-            headers.insert("x-request-id", id);
-        }
+        headers.insert("x-request-id", call.request_id.clone());
         Ok(req)
     }
 
@@ -175,8 +173,9 @@ impl OpenAiProvider {
         body: &impl Serialize,
         stream: bool,
     ) -> Result<Reply, UpstreamError> {
-        let body = serde_json::to_vec(body).map_err(|e| self.protocol(&e.to_string()))?;
-        let req = self.request(&call, endpoint, body, stream)?;
+        let mut buf = Vec::with_capacity(call.body_size + 64);
+        serde_json::to_writer(&mut buf, body).map_err(|e| self.protocol(&e.to_string()))?;
+        let req = self.request(&call, endpoint, buf, stream)?;
         let deadline = self.client.total_deadline();
         let resp = self.client.send(req, deadline, stream).await?;
         let status = resp.status();
