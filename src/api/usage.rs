@@ -1,5 +1,8 @@
 //! Token usage as OpenAI reports it.
 
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,16 +27,45 @@ impl Usage {
 
 /// Metering must never fail an answer: a count that is `null`, fractional,
 /// negative or a string (some compatible servers send each) reads as what it
-/// plausibly means, or 0.
+/// plausibly means, or 0. No allocation on the way.
 fn lenient_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    Ok(match serde_json::Value::deserialize(d)? {
-        serde_json::Value::Number(n) => n
-            .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f.round() as u64))
-            .unwrap_or(0),
-        serde_json::Value::String(s) => s.trim().parse().unwrap_or(0),
-        _ => 0,
-    })
+    struct Count;
+    impl<'de> Visitor<'de> for Count {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a token count")
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u64, E> {
+            Ok(v.max(0) as u64)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<u64, E> {
+            Ok(if v.is_finite() && v > 0.0 { v.round() as u64 } else { 0 })
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+            Ok(v.trim().parse().unwrap_or(0))
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<u64, E> {
+            Ok(0)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
+            Ok(0)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<u64, E> {
+            Ok(0)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(0)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(0)
+        }
+    }
+    d.deserialize_any(Count)
 }
 
 /// Reads only `usage` from a response body, skipping everything else.
@@ -45,8 +77,42 @@ pub struct UsageOnly {
 
 /// A `usage` that is not an object at all is no usage, not an error.
 pub fn lenient_usage<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Usage>, D::Error> {
-    let value = serde_json::Value::deserialize(d)?;
-    Ok(value.is_object().then(|| serde_json::from_value(value).ok()).flatten())
+    struct MaybeUsage;
+    impl<'de> Visitor<'de> for MaybeUsage {
+        type Value = Option<Usage>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a usage object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Option<Usage>, A::Error> {
+            Usage::deserialize(de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Usage>, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<Usage>, E> {
+            Ok(None)
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Option<Usage>, E> {
+            Ok(None)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<Usage>, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<Usage>, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<Usage>, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<Usage>, E> {
+            Ok(None)
+        }
+        fn visit_str<E: de::Error>(self, _: &str) -> Result<Option<Usage>, E> {
+            Ok(None)
+        }
+    }
+    d.deserialize_any(MaybeUsage)
 }
 
 #[cfg(test)]
@@ -70,5 +136,16 @@ mod tests {
         assert_eq!(u.usage, None);
         let u: UsageOnly = serde_json::from_str(r#"{"id":"x"}"#).unwrap();
         assert_eq!(u.usage, None);
+        let u: UsageOnly = serde_json::from_str(r#"{"usage":[1,{"a":2}],"x":1}"#).unwrap();
+        assert_eq!(u.usage, None);
+        let u: UsageOnly = serde_json::from_str(r#"{"usage":{"prompt_tokens":"7","completion_tokens":-2,"total_tokens":{"x":1},"prompt_tokens_details":{"cached_tokens":3}}}"#).unwrap();
+        assert_eq!(
+            u.usage,
+            Some(Usage {
+                prompt_tokens: 7,
+                completion_tokens: 0,
+                total_tokens: 0
+            })
+        );
     }
 }
