@@ -106,7 +106,7 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
         eprintln!("tollgate did not start: {problem}");
         return ExitCode::FAILURE;
     }
-    init_logging(cfg.logging.format, cfg.logging.level.as_deref());
+    let _log_flush = init_logging(cfg.logging.format, cfg.logging.level.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -177,13 +177,15 @@ fn healthcheck(addr: std::net::SocketAddr) -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat, level: Option<&str>) {
+/// Logs go to stderr through a background writer thread, so a slow log
+/// reader never stalls the request path; the returned guard flushes on exit.
+fn init_logging(format: LogFormat, level: Option<&str>) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level.unwrap_or("info")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Pretty => builder.init(),
+        LogFormat::Pretty => builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
     }
+    guard
 }
