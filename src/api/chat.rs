@@ -1,12 +1,17 @@
 //! `POST /v1/chat/completions` request types.
 
-use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
+
+use super::open_object::open_object;
 
 use super::{Invalid, MAX_CHOICES, check_range};
 
 /// A chat-completions request as the client sent it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<ChatMessage>,
@@ -83,7 +88,7 @@ impl ChatRequest {
     }
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub include_usage: Option<bool>,
@@ -92,7 +97,7 @@ pub struct StreamOptions {
 }
 
 /// `stop`: one string or a list of strings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -110,7 +115,7 @@ pub enum Role {
     Function,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ChatMessage {
     pub role: Role,
     /// Absent and `null` are both allowed (an assistant turn with tool calls).
@@ -127,14 +132,14 @@ pub struct ChatMessage {
 }
 
 /// Message content: plain text, or typed parts (text, image_url, input_audio, file).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum MessageContent {
     Text(String),
     Parts(Vec<ContentPart>),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct ContentPart {
     #[serde(rename = "type")]
     pub kind: String,
@@ -158,6 +163,85 @@ impl MessageContent {
             MessageContent::Text(t) => Some(t),
             MessageContent::Parts(parts) => parts.iter().rev().find_map(|p| p.text.as_deref()),
         }
+    }
+}
+
+open_object!(ChatRequest, "a chat completions request",
+    required { model: String, messages: Vec<ChatMessage> },
+    optional {
+        stream: bool, stream_options: StreamOptions, max_tokens: u32, max_completion_tokens: u32,
+        temperature: f64, top_p: f64, n: u32, stop: Stop, tools: Vec<Value>, tool_choice: Value,
+        response_format: Value, user: String,
+    }
+);
+open_object!(
+    StreamOptions,
+    "stream options",
+    required {},
+    optional { include_usage: bool }
+);
+open_object!(ChatMessage, "a message",
+    required { role: Role },
+    optional { content: MessageContent, name: String, tool_calls: Vec<Value>, tool_call_id: String }
+);
+open_object!(ContentPart, "a content part", required { kind as "type": String }, optional { text: String });
+
+/// A string, or an array read as `T`: `content` and `stop` take either.
+fn string_or_seq<'de, D, T>(
+    d: D,
+    what: &'static str,
+    one: fn(String) -> T,
+    many: fn(Vec<T::Item>) -> T,
+) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: StringOrSeq,
+{
+    struct V<T: StringOrSeq>(&'static str, fn(String) -> T, fn(Vec<T::Item>) -> T);
+    impl<'de, T: StringOrSeq> Visitor<'de> for V<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str(self.0)
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            Ok((self.1)(v.to_owned()))
+        }
+        fn visit_string<E: de::Error>(self, v: String) -> Result<T, E> {
+            Ok((self.1)(v))
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<T, A::Error> {
+            Vec::<T::Item>::deserialize(de::value::SeqAccessDeserializer::new(seq)).map(self.2)
+        }
+    }
+    d.deserialize_any(V(what, one, many))
+}
+
+trait StringOrSeq {
+    type Item: DeserializeOwned;
+}
+
+impl StringOrSeq for MessageContent {
+    type Item = ContentPart;
+}
+
+impl StringOrSeq for Stop {
+    type Item = String;
+}
+
+impl<'de> Deserialize<'de> for MessageContent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_seq(
+            d,
+            "a string or an array of content parts",
+            MessageContent::Text,
+            MessageContent::Parts,
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for Stop {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        string_or_seq(d, "a string or an array of strings", Stop::One, Stop::Many)
     }
 }
 
@@ -205,6 +289,31 @@ mod tests {
         );
         let empty: ChatRequest = serde_json::from_str(r#"{"model":"m","messages":[]}"#).unwrap();
         assert_eq!(empty.validate().unwrap_err().1, "messages");
+    }
+
+    #[test]
+    fn content_and_stop_take_both_shapes_and_mistakes_point_at_their_place() {
+        let req: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","stop":"END","messages":[{"role":"user","content":"hi"},{"role":"user","content":[{"type":"text","text":"a"}]},{"role":"assistant","content":null}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(req.stop, Some(Stop::One(ref s)) if s == "END"));
+        assert!(matches!(req.messages[0].content, Some(MessageContent::Text(_))));
+        assert!(matches!(req.messages[1].content, Some(MessageContent::Parts(ref p)) if p[0].kind == "text"));
+        assert!(req.messages[2].content.is_none());
+        let err = serde_json::from_str::<ChatRequest>(r#"{"model":"m","messages":[{"role":"user","content":42}]}"#)
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("a string or an array of content parts") && err.column() > 40,
+            "{err}"
+        );
+        let err = serde_json::from_str::<ChatRequest>(r#"["not", "an", "object"]"#).unwrap_err();
+        assert!(err.to_string().contains("expected a chat completions request"), "{err}");
+        let err = serde_json::from_str::<ChatRequest>(
+            r#"{"model":"m","messages":[{"role":"user","content":[{"text":"no type"}]}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("missing field `type`"), "{err}");
     }
 
     #[test]

@@ -1,12 +1,13 @@
 //! `POST /v1/completions` (legacy text completions).
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::chat::StreamOptions;
+use super::open_object::open_object;
 use super::{Invalid, MAX_CHOICES, MAX_INPUTS, check_range};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct CompletionRequest {
     pub model: String,
     /// A string, a list of strings, or token arrays.
@@ -20,6 +21,20 @@ pub struct CompletionRequest {
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
+
+open_object!(
+    CompletionRequest,
+    "a completions request",
+    required {
+        model: String,
+        prompt: Value
+    },
+    optional {
+        stream: bool,
+        stream_options: StreamOptions,
+        max_tokens: u32
+    }
+);
 
 impl CompletionRequest {
     pub fn is_stream(&self) -> bool {

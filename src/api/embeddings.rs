@@ -3,9 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::open_object::open_object;
 use super::{Invalid, MAX_DIMENSIONS, MAX_INPUTS, check_range};
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct EmbeddingsRequest {
     pub model: String,
     /// A string, a list of strings, a token array or a list of token arrays.
@@ -24,6 +25,19 @@ pub enum EncodingFormat {
     Float,
     Base64,
 }
+
+open_object!(
+    EmbeddingsRequest,
+    "an embeddings request",
+    required {
+        model: String,
+        input: Value
+    },
+    optional {
+        encoding_format: EncodingFormat,
+        dimensions: u32
+    }
+);
 
 impl EmbeddingsRequest {
     pub fn validate(&self) -> Result<(), Invalid> {

@@ -9,6 +9,7 @@ pub mod completions;
 pub mod embeddings;
 pub mod error;
 pub mod models;
+pub(crate) mod open_object;
 pub mod usage;
 
 pub use chat::{ChatMessage, ChatRequest, MessageContent, Role, StreamOptions};
