@@ -89,6 +89,16 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().default_headers(h).build().unwrap()
 }
 
+/// POSTs a chat request with the gateway key.
+async fn post_chat(gw: &TestGateway, body: &Value) -> reqwest::Response {
+    client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn chat(model: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": "Weather in Paris?"}]})
 }
@@ -161,12 +171,7 @@ async fn streaming_relays_every_chunk_and_the_usage_chunk_when_asked() {
     let mut req = chat("gpt-test");
     req["stream"] = json!(true);
     req["stream_options"] = json!({"include_usage": true});
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &req).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "text/event-stream");
     let text = resp.text().await.unwrap();
@@ -200,15 +205,7 @@ async fn stream_without_include_usage_hides_the_usage_chunk_but_meters_it() {
     let (mock, gw) = setup().await;
     let mut req = chat("gpt-test");
     req["stream"] = json!(true);
-    let text = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&req)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = post_chat(&gw, &req).await.text().await.unwrap();
     let data = sse_data(&text);
     assert_eq!(data.last().unwrap(), "[DONE]");
     for d in &data[..data.len() - 1] {
@@ -310,12 +307,7 @@ async fn models_lists_configured_models_and_aliases() {
 #[tokio::test]
 async fn azure_uses_deployment_url_api_version_and_api_key() {
     let (mock, gw) = setup().await;
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat("azure-test"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &chat("azure-test")).await;
     assert_eq!(resp.status(), 200);
     let got = mock.last();
     assert_eq!(got.path, "/openai/deployments/my-deploy/chat/completions");
@@ -327,15 +319,7 @@ async fn azure_uses_deployment_url_api_version_and_api_key() {
     mock.push(Script::sse_fixture("azure/chat_stream.sse"));
     let mut req = chat("azure-test");
     req["stream"] = json!(true);
-    let text = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&req)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = post_chat(&gw, &req).await.text().await.unwrap();
     let data = sse_data(&text);
     let first: Value = serde_json::from_str(&data[0]).unwrap();
     assert_ne!(first["id"], "", "{}", data[0]);
@@ -490,12 +474,7 @@ async fn wrong_or_missing_gateway_key_is_401() {
 async fn upstream_errors_keep_status_and_message() {
     let (mock, gw) = setup().await;
     mock.push(Script::error_fixture("openai/error_429_rate_limit.json"));
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat("gpt-test"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &chat("gpt-test")).await;
     assert_eq!(resp.headers()["retry-after"], "2", "tokens exhausted, reset in 1.2s");
     let v = assert_openai_error(resp, 429).await;
     let upstream = fixture_json("openai/error_429_rate_limit.json");
@@ -504,45 +483,18 @@ async fn upstream_errors_keep_status_and_message() {
     assert_eq!(v["error"]["type"], "tokens");
 
     mock.push(Script::error_fixture("openai/error_400_context_length.json"));
-    let v = assert_openai_error(
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat("gpt-test"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
+    let v = assert_openai_error(post_chat(&gw, &chat("gpt-test")).await, 400).await;
     assert_eq!(v["error"]["code"], "context_length_exceeded");
 
     mock.push(Script::json(
         503,
         json!({"error": {"message": "The server is overloaded", "type": "server_error"}}),
     ));
-    let v = assert_openai_error(
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat("gpt-test"))
-            .send()
-            .await
-            .unwrap(),
-        503,
-    )
-    .await;
+    let v = assert_openai_error(post_chat(&gw, &chat("gpt-test")).await, 503).await;
     assert_eq!(v["error"]["message"], "The server is overloaded");
 
     mock.push(Script::error_fixture("azure/error_404_deployment_not_found.json"));
-    let v = assert_openai_error(
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat("azure-test"))
-            .send()
-            .await
-            .unwrap(),
-        404,
-    )
-    .await;
+    let v = assert_openai_error(post_chat(&gw, &chat("azure-test")).await, 404).await;
     assert_eq!(v["error"]["code"], "DeploymentNotFound");
 
     let m = gw.metrics().await;
@@ -561,12 +513,7 @@ async fn upstream_credential_errors_never_leak_the_key() {
     let mut f = fixture_json("openai/error_401_invalid_api_key.json");
     f["body"]["error"]["message"] = json!(format!("Incorrect API key provided: {UP_KEY}."));
     mock.push(Script::json(401, f["body"].clone()));
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat("gpt-test"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &chat("gpt-test")).await;
     let v = assert_openai_error(resp, 502).await;
     assert_eq!(v["error"]["code"], "upstream_auth_failed");
     assert!(!v.to_string().contains("sk-upstream"), "{v}");
@@ -575,16 +522,7 @@ async fn upstream_credential_errors_never_leak_the_key() {
 #[tokio::test]
 async fn missing_provider_key_is_a_clear_503() {
     let (mock, gw) = setup().await;
-    let v = assert_openai_error(
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat("nokey-model"))
-            .send()
-            .await
-            .unwrap(),
-        503,
-    )
-    .await;
+    let v = assert_openai_error(post_chat(&gw, &chat("nokey-model")).await, 503).await;
     assert_eq!(v["error"]["code"], "provider_not_configured");
     assert!(v["error"]["message"].as_str().unwrap().contains("NOT_SET_ANYWHERE"));
     assert!(mock.received().is_empty());
@@ -593,16 +531,7 @@ async fn missing_provider_key_is_a_clear_503() {
 #[tokio::test]
 async fn connection_refused_is_502() {
     let (_mock, gw) = setup().await;
-    let v = assert_openai_error(
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat("dead-model"))
-            .send()
-            .await
-            .unwrap(),
-        502,
-    )
-    .await;
+    let v = assert_openai_error(post_chat(&gw, &chat("dead-model")).await, 502).await;
     assert_eq!(v["error"]["code"], "upstream_unreachable");
     assert!(
         !v["error"]["message"].as_str().unwrap().contains("127.0.0.1"),
@@ -615,16 +544,7 @@ async fn no_first_byte_in_time_is_504() {
     let (mock, gw) = setup().await;
     mock.push(Script::Hang);
     let started = std::time::Instant::now();
-    let v = assert_openai_error(
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&stream_req())
-            .send()
-            .await
-            .unwrap(),
-        504,
-    )
-    .await;
+    let v = assert_openai_error(post_chat(&gw, &stream_req()).await, 504).await;
     assert_eq!(v["error"]["code"], "upstream_timeout");
     let took = started.elapsed();
     assert!(
@@ -642,16 +562,7 @@ async fn whole_request_timeout_is_504() {
         headers: vec![],
         delay: Duration::from_millis(800),
     });
-    let v = assert_openai_error(
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat("gpt-test"))
-            .send()
-            .await
-            .unwrap(),
-        504,
-    )
-    .await;
+    let v = assert_openai_error(post_chat(&gw, &chat("gpt-test")).await, 504).await;
     assert_eq!(v["error"]["code"], "request_timeout");
 }
 
@@ -674,12 +585,7 @@ async fn dropped_connection_mid_stream_ends_with_an_error_event() {
         done: true,
         break_after: Some(3),
     });
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &stream_req()).await;
     assert_eq!(resp.status(), 200);
     let text = tokio::time::timeout(Duration::from_secs(5), resp.text())
         .await
@@ -709,15 +615,7 @@ async fn stream_closed_without_done_is_an_error_not_success() {
         done: false,
         break_after: None,
     });
-    let text = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = post_chat(&gw, &stream_req()).await.text().await.unwrap();
     let last: Value = serde_json::from_str(sse_data(&text).last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_disconnected");
 }
@@ -731,15 +629,7 @@ async fn idle_gap_mid_stream_ends_with_a_timeout_event() {
         done: true,
         break_after: None,
     });
-    let text = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = post_chat(&gw, &stream_req()).await.text().await.unwrap();
     let data = sse_data(&text);
     assert_eq!(data.len(), 2, "{text}");
     let last: Value = serde_json::from_str(&data[1]).unwrap();
@@ -757,15 +647,7 @@ async fn midstream_upstream_error_event_is_relayed_as_an_error_event() {
         done: false,
         break_after: None,
     });
-    let text = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = post_chat(&gw, &stream_req()).await.text().await.unwrap();
     let data = sse_data(&text);
     assert_eq!(data.len(), 3);
     let last: Value = serde_json::from_str(&data[2]).unwrap();
@@ -785,12 +667,7 @@ async fn error_before_the_first_event_is_an_http_error() {
         done: false,
         break_after: Some(0),
     });
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &stream_req()).await;
     let v = assert_openai_error(resp, 502).await;
     assert_eq!(v["error"]["code"], "upstream_disconnected");
 }
@@ -804,12 +681,7 @@ async fn client_disconnect_cancels_the_upstream_promptly() {
         done: true,
         break_after: None,
     });
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &stream_req()).await;
     let mut body = resp.bytes_stream();
     let first = body.next().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
@@ -852,12 +724,7 @@ async fn slow_reader_gets_backpressure_not_buffering() {
         done: true,
         break_after: None,
     });
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &stream_req()).await;
     let mut body = resp.bytes_stream();
     body.next().await.unwrap().unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -905,15 +772,7 @@ async fn slow_reader_gets_backpressure_not_buffering() {
 #[tokio::test]
 async fn simulated_provider_answers_without_network() {
     let (mock, gw) = setup().await;
-    let v: Value = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat("sim"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = post_chat(&gw, &chat("sim")).await.json().await.unwrap();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "sim");
     assert_eq!(v["usage"]["completion_tokens"], 5);
@@ -933,12 +792,7 @@ async fn graceful_shutdown_lets_a_stream_finish_and_refuses_new_work() {
         done: true,
         break_after: None,
     });
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &stream_req()).await;
     assert_eq!(resp.status(), 200);
     gw.shutdown();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1086,12 +940,7 @@ async fn a_complete_answer_may_take_longer_than_first_byte() {
         headers: vec![],
         delay: Duration::from_millis(1500),
     });
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat("gpt-test"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &chat("gpt-test")).await;
     assert_eq!(resp.status(), 200);
 }
 
@@ -1099,24 +948,11 @@ async fn a_complete_answer_may_take_longer_than_first_byte() {
 async fn the_upstream_connection_is_reused_after_a_stream() {
     let (mock, gw) = setup().await;
     for _ in 0..3 {
-        let text = client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&stream_req())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = post_chat(&gw, &stream_req()).await.text().await.unwrap();
         assert!(text.ends_with("data: [DONE]\n\n"));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat("gpt-test"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &chat("gpt-test")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(mock.connections(), 1, "one pooled connection served all four requests");
 }
@@ -1130,30 +966,15 @@ async fn over_the_concurrency_limit_requests_are_shed_with_503() {
         done: true,
         break_after: None,
     });
-    let first = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap();
+    let first = post_chat(&gw, &stream_req()).await;
     assert_eq!(first.status(), 200);
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat("gpt-test"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &chat("gpt-test")).await;
     assert_eq!(resp.headers()["retry-after"], "1");
     let v = assert_openai_error(resp, 503).await;
     assert_eq!(v["error"]["code"], "overloaded");
     first.text().await.unwrap();
     // The slot is back once the stream is over.
-    let resp = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat("gpt-test"))
-        .send()
-        .await
-        .unwrap();
+    let resp = post_chat(&gw, &chat("gpt-test")).await;
     assert_eq!(resp.status(), 200);
 }
 
@@ -1193,12 +1014,7 @@ async fn every_rejection_is_metered() {
         .send()
         .await
         .unwrap();
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&chat("no-such-model"))
-        .send()
-        .await
-        .unwrap();
+    post_chat(&gw, &chat("no-such-model")).await;
     let m = gw.metrics().await;
     assert_eq!(
         metric(
@@ -1257,15 +1073,7 @@ async fn stream_events_odd_but_valid_and_invalid() {
         done: true,
         break_after: None,
     });
-    let text = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = post_chat(&gw, &stream_req()).await.text().await.unwrap();
     let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
     assert_eq!(events.len(), 2, "{text}");
     let joined: String = events[0]
@@ -1285,15 +1093,7 @@ async fn stream_events_odd_but_valid_and_invalid() {
         done: true,
         break_after: None,
     });
-    let text = client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = post_chat(&gw, &stream_req()).await.text().await.unwrap();
     let last: Value = serde_json::from_str(sse_data(&text).last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_invalid_response");
 }
@@ -1305,16 +1105,7 @@ async fn validation_statuses_from_compatible_servers_become_400() {
         422,
         json!({"error": "Input validation error: `temperature` must be strictly positive", "error_type": "validation"}),
     ));
-    let v = assert_openai_error(
-        client()
-            .post(gw.url("/v1/chat/completions"))
-            .json(&chat("gpt-test"))
-            .send()
-            .await
-            .unwrap(),
-        400,
-    )
-    .await;
+    let v = assert_openai_error(post_chat(&gw, &chat("gpt-test")).await, 400).await;
     assert!(v["error"]["message"].as_str().unwrap().contains("temperature"));
 }
 
@@ -1351,15 +1142,7 @@ async fn time_to_first_token_is_measured_at_the_first_content() {
         done: true,
         break_after: None,
     });
-    client()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&stream_req())
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    post_chat(&gw, &stream_req()).await.text().await.unwrap();
     let m = gw.metrics().await;
     let labels = r#"{endpoint="chat",model="gpt-test",provider="up""#;
     assert_eq!(
@@ -1380,5 +1163,26 @@ async fn time_to_first_token_is_measured_at_the_first_content() {
             &format!("tollgate_time_to_first_token_seconds_bucket{labels},le=\"0.5\"}}")
         ),
         Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn shutdown_delay_fails_ready_but_keeps_serving_for_a_while() {
+    let (_mock, mut gw) = setup_with("request_timeout: 5s\n  shutdown_delay: 600ms").await;
+    let plain = reqwest::Client::new();
+    assert_eq!(plain.get(gw.url("/ready")).send().await.unwrap().status(), 200);
+    gw.shutdown();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = plain.get(gw.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 503, "load balancers see it leaving");
+    assert_eq!(
+        post_chat(&gw, &chat("gpt-test")).await.status(),
+        200,
+        "but it still serves"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(
+        reqwest::Client::new().get(gw.url("/health")).send().await.is_err(),
+        "then it stops accepting"
     );
 }

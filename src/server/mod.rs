@@ -54,31 +54,27 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
 
     gw.set_ready(true);
     tokio::pin!(shutdown);
+    // Armed by the shutdown signal: the end of `shutdown_delay`.
+    let stop_accepting = tokio::time::sleep(Duration::from_secs(86_400 * 365));
+    tokio::pin!(stop_accepting);
+    let mut draining = false;
     loop {
         tokio::select! {
+            () = &mut stop_accepting, if draining => break,
+            () = &mut shutdown, if !draining => {
+                gw.set_ready(false);
+                let delay = gw.settings.shutdown_delay;
+                if delay.is_zero() {
+                    break;
+                }
+                tracing::info!(delay_secs = delay.as_secs_f64(), "shutting down: /ready fails, still accepting");
+                stop_accepting.as_mut().reset(tokio::time::Instant::now() + delay);
+                draining = true;
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => accept(stream),
                 Err(e) => backoff(e).await,
             },
-            () = &mut shutdown => break,
-        }
-    }
-    gw.set_ready(false);
-    if !gw.settings.shutdown_delay.is_zero() {
-        tracing::info!(
-            delay_secs = gw.settings.shutdown_delay.as_secs_f64(),
-            "shutting down: /ready fails, still accepting"
-        );
-        let delay = tokio::time::sleep(gw.settings.shutdown_delay);
-        tokio::pin!(delay);
-        loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => accept(stream),
-                    Err(e) => backoff(e).await,
-                },
-                () = &mut delay => break,
-            }
         }
     }
     drop(listener);
