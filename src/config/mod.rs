@@ -68,6 +68,8 @@ pub struct HttpSpec {
     pub timeouts: Timeouts,
     /// Ask streams for `include_usage`.
     pub stream_usage: bool,
+    /// Extra CA certificates to trust, from `ca_file`.
+    pub extra_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 #[derive(Debug, Clone)]
@@ -418,6 +420,7 @@ impl Validator<'_> {
                     &p.timeouts,
                 )?;
                 http.stream_usage = p.stream_usage;
+                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
                 ProviderKind::OpenAi(http)
             }
             ProviderSection::Azure(p) => {
@@ -430,6 +433,7 @@ impl Validator<'_> {
                     &p.timeouts,
                 )?;
                 http.stream_usage = p.stream_usage;
+                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
                 let line = locate::map_entry_key(self.text, "providers", name, Some("api_version"));
                 let api_version = self.plain(&p.api_version, line, &format!("providers.{name}.api_version"))?;
                 if api_version.is_empty() || !api_version.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
@@ -540,7 +544,28 @@ impl Validator<'_> {
                 total: timeouts.total.0,
             },
             stream_usage: true,
+            extra_roots: Vec::new(),
         })
+    }
+
+    /// Reads a provider's `ca_file`: PEM certificates, at least one.
+    fn ca_file(&mut self, name: &str, file: Option<&str>) -> Option<Vec<rustls_pki_types::CertificateDer<'static>>> {
+        use rustls_pki_types::pem::PemObject;
+        let Some(file) = file else { return Some(Vec::new()) };
+        let line = locate::map_entry_key(self.text, "providers", name, Some("ca_file"));
+        let path = format!("providers.{name}.ca_file");
+        let file = self.plain(file, line, &path)?;
+        match rustls_pki_types::CertificateDer::pem_file_iter(&file).map(|certs| certs.collect::<Result<Vec<_>, _>>()) {
+            Ok(Ok(certs)) if !certs.is_empty() => Some(certs),
+            Ok(Ok(_)) => {
+                self.error(line, path, format!("`{file}` holds no PEM certificate"));
+                None
+            }
+            Ok(Err(e)) | Err(e) => {
+                self.error(line, path, format!("cannot read certificates from `{file}`: {e}"));
+                None
+            }
+        }
     }
 
     fn models(&mut self, raw: &FileConfig) -> Vec<ModelSpec> {

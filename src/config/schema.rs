@@ -143,6 +143,9 @@ pub struct HttpProviderSection {
     /// Ask streams for their usage chunk (`stream_options.include_usage`); turn off for servers that reject it.
     #[serde(default = "yes")]
     pub stream_usage: bool,
+    /// PEM file of extra CA certificates to trust (an internal CA), besides the public roots.
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn yes() -> bool {
@@ -168,6 +171,8 @@ pub struct AzureSection {
     pub timeouts: TimeoutSection,
     #[serde(default = "yes")]
     pub stream_usage: bool,
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 fn default_azure_version() -> String {

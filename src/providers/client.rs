@@ -16,6 +16,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::error::{TimeoutPhase, UpstreamError};
 use crate::config::Timeouts;
+use rustls_pki_types::CertificateDer;
 
 #[derive(Clone)]
 pub struct UpstreamClient {
@@ -25,13 +26,21 @@ pub struct UpstreamClient {
 }
 
 impl UpstreamClient {
-    pub fn new(provider: &str, timeouts: Timeouts) -> Self {
+    pub fn new(provider: &str, timeouts: Timeouts, extra_roots: &[CertificateDer<'static>]) -> Self {
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(timeouts.connect));
         http.set_nodelay(true);
         http.enforce_http(false);
+        let mut roots = rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        // Config validation parsed these; a certificate rustls still rejects is skipped, as the public roots remain.
+        let (_added, _ignored) = roots.add_parsable_certificates(extra_roots.iter().cloned());
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
+            .with_tls_config(tls)
             .https_or_http()
             .enable_http1()
             .enable_http2()

@@ -94,7 +94,7 @@ impl OpenAiProvider {
             Flavor::Azure { .. } => None,
         };
         OpenAiProvider {
-            client: UpstreamClient::new(name, spec.timeouts),
+            client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
             spec,
             flavor,
             auth,
