@@ -3,9 +3,12 @@
 
     python3 bench/report.py bench/results/<timestamp>
 
-Reads scenarios.jsonl (one line per oha run, with tollgate's CPU ticks and
-peak RSS around it), the oha JSON files it names, and machine.json. Standard
-library only.
+Reads scenarios.jsonl (one line per oha run, with the measured proxy's CPU
+ticks and peak RSS around it: tollgate's, or the bare proxy's for target
+"bare"), the oha JSON files it names, and machine.json. Each scenario is shown
+three ways: direct to the mock, through the bare pass-through proxy
+(examples/bare_proxy.rs, the floor any proxy pays) and through tollgate.
+Standard library only.
 """
 
 import json
@@ -70,10 +73,34 @@ def cpu_us_per_req(meta, key="gw_cpu_ticks"):
 
 
 def busy(meta):
-    """Share of one core the gateway used during the run."""
-    if not meta.get("wall_s"):
+    """Share of one core the measured proxy used during the run."""
+    if not meta or not meta.get("wall_s"):
         return None
     return meta["gw_cpu_ticks"] / meta["clk_tck"] / meta["wall_s"]
+
+
+def p50(meta):
+    return None if not meta else pct_ms(meta["result"], "p50")
+
+
+def p99(meta):
+    return None if not meta else pct_ms(meta["result"], "p99")
+
+
+def req_s(meta):
+    return None if not meta else rps(meta["result"])
+
+
+def cpu(meta, key="gw_cpu_ticks"):
+    return None if not meta else cpu_us_per_req(meta, key)
+
+
+def hwm_mib(meta):
+    return None if not meta else mib(meta.get("gw_hwm_kib"))
+
+
+def diff(a, b):
+    return None if a is None or b is None else a - b
 
 
 def mib(kib):
@@ -108,75 +135,103 @@ def main():
             f"streams have {machine.get('chunks')} content chunks + finish + usage + [DONE].\n"
         )
         print(
-            f"Core pinning: mock upstream and oha on core {machine.get('mock_core')}, "
-            f"tollgate alone on core {machine.get('gw_core')} (taskset).\n"
+            f"Core pinning: mock upstream and oha on core {machine.get('mock_core')}; "
+            f"tollgate and the bare proxy on core {machine.get('gw_core')}, measured one at a time (taskset)."
+            + (f" Idle RSS after startup: tollgate {mib(machine['gw_idle_rss_kib']):.1f} MiB"
+               + (f", bare proxy {mib(machine['bare_idle_rss_kib']):.1f} MiB" if machine.get("bare_idle_rss_kib") else "")
+               + "." if machine.get("gw_idle_rss_kib") else "")
+            + (f" Source: `{machine['git']}`." if machine.get("git") else "")
+            + "\n"
         )
-    print(
-        "| scenario | c | direct req/s | tollgate req/s | ratio | direct p50 ms | tollgate p50 ms | +p50 ms "
-        "| direct p99 ms | tollgate p99 ms | p99 ratio | tollgate CPU µs/req | tollgate core busy | mock CPU µs/req | tollgate peak RSS MiB | all 200? |"
-    )
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|")
-    have_ttfb = False
+    label_of = {"plain": "non-streaming", "stream": "streaming"}
+    rows = []
     for mode in ("plain", "stream"):
         for c in sorted({s["concurrency"] for s in scenarios if s["mode"] == mode}):
-            d, t = by.get((mode, c, "direct")), by.get((mode, c, "tollgate"))
-            if not d or not t:
-                continue
-            dr, tr = d["result"], t["result"]
-            have_ttfb = have_ttfb or ttfb_ms(tr, "p50") is not None
-            d50, t50 = pct_ms(dr, "p50"), pct_ms(tr, "p50")
-            d99, t99 = pct_ms(dr, "p99"), pct_ms(tr, "p99")
-            all_ok = "yes" if not failures(dr) and not failures(tr) else "**NO**"
-            label = "non-streaming" if mode == "plain" else "streaming"
-            print(
-                f"| {label} | {c} | {f(rps(dr))} | {f(rps(tr))} | {ratio(rps(tr), rps(dr))} "
-                f"| {f(d50, '{:.3f}')} | {f(t50, '{:.3f}')} | {f(None if d50 is None or t50 is None else t50 - d50, '{:+.3f}')} "
-                f"| {f(d99, '{:.3f}')} | {f(t99, '{:.3f}')} | {ratio(t99, d99)} "
-                f"| {f(cpu_us_per_req(t), '{:.1f}')} | {f(busy(t), '{:.0%}')} | {f(cpu_us_per_req(d, 'mock_cpu_ticks'), '{:.1f}')} "
-                f"| {f(mib(t.get('gw_hwm_kib')), '{:.1f}')} | {all_ok} |"
-            )
+            d, b, t = (by.get((mode, c, k)) for k in ("direct", "bare", "tollgate"))
+            if d and t:
+                rows.append((label_of[mode], c, d, b, t))
+    have_ttfb = any(ttfb_ms(t["result"], "p50") is not None for *_, t in rows)
+
+    print("#### Throughput and latency: direct / bare proxy / tollgate\n")
+    print(
+        "| scenario | c | direct req/s | bare req/s | tollgate req/s | tollgate ÷ bare "
+        "| direct p50 ms | bare p50 ms | tollgate p50 ms | bare +p50 ms | tollgate +p50 ms | tollgate − bare p50 ms "
+        "| direct p99 ms | bare p99 ms | tollgate p99 ms | all 200? |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|")
+    for label, c, d, b, t in rows:
+        all_ok = "yes" if not any(failures(x["result"]) for x in (d, b, t) if x) else "**NO**"
+        print(
+            f"| {label} | {c} | {f(req_s(d))} | {f(req_s(b))} | {f(req_s(t))} | {ratio(req_s(t), req_s(b))} "
+            f"| {f(p50(d), '{:.3f}')} | {f(p50(b), '{:.3f}')} | {f(p50(t), '{:.3f}')} "
+            f"| {f(diff(p50(b), p50(d)), '{:+.3f}')} | {f(diff(p50(t), p50(d)), '{:+.3f}')} "
+            f"| {f(diff(p50(t), p50(b)), '{:+.3f}')} "
+            f"| {f(p99(d), '{:.3f}')} | {f(p99(b), '{:.3f}')} | {f(p99(t), '{:.3f}')} | {all_ok} |"
+        )
+    print("\n#### CPU and memory: bare proxy / tollgate (each alone on core 1)\n")
+    print(
+        "| scenario | c | bare CPU µs/req | tollgate CPU µs/req | tollgate − bare CPU µs/req | tollgate ÷ bare CPU "
+        "| bare core busy | tollgate core busy | mock CPU µs/req (direct run) | bare peak RSS MiB | tollgate peak RSS MiB |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    for label, c, d, b, t in rows:
+        print(
+            f"| {label} | {c} | {f(cpu(b), '{:.1f}')} | {f(cpu(t), '{:.1f}')} "
+            f"| {f(diff(cpu(t), cpu(b)), '{:+.1f}')} | {ratio(cpu(t), cpu(b))} "
+            f"| {f(busy(b), '{:.0%}')} | {f(busy(t), '{:.0%}')} | {f(cpu(d, 'mock_cpu_ticks'), '{:.1f}')} "
+            f"| {f(hwm_mib(b), '{:.1f}')} | {f(hwm_mib(t), '{:.1f}')} |"
+        )
     print()
     xrows = []
     for mode in ("plain", "stream"):
-        d, x, o, t = (by.get((mode, 1, k)) for k in ("direct", "xcore", "samecore", "tollgate"))
+        d, x, b, o, t = (by.get((mode, 1, k)) for k in ("direct", "xcore", "bare", "samecore", "tollgate"))
         if d and x and o and t:
-            d50, x50, o50, t50 = (pct_ms(s["result"], "p50") for s in (d, x, o, t))
-            label = "non-streaming" if mode == "plain" else "streaming"
+            d50, x50, b50, o50, t50 = (p50(s) for s in (d, x, b, o, t))
             xrows.append(
-                f"| {label} | {d50:.3f} | {x50:.3f} | {t50:.3f} | {t50 - d50:+.3f} "
-                f"| {o50:.3f} | {o50 - d50:+.3f} | {f(cpu_us_per_req(o), '{:.1f}')} |"
+                f"| {label_of[mode]} | {d50:.3f} | {x50:.3f} | {f(b50, '{:.3f}')} | {f(diff(b50, d50), '{:+.3f}')} "
+                f"| {t50:.3f} | {t50 - d50:+.3f} | {f(diff(t50, b50), '{:+.3f}')} "
+                f"| {o50:.3f} | {o50 - d50:+.3f} | {f(cpu(o), '{:.1f}')} |"
             )
     if xrows:
-        print("Concurrency 1, p50 latency in ms, with two controls. *Direct, cross-core*: the mock "
+        print("Concurrency 1, p50 latency in ms, with three controls. *Direct, cross-core*: the mock "
               "alone on core 1, so each request and answer crosses cores once (the price of waking "
-              "an idle core). Through tollgate on core 1 they cross cores twice per request "
-              "(oha → tollgate → mock and back). *Tollgate on core 0*: a second tollgate pinned with "
-              "oha and the mock, so nothing crosses cores and the difference to direct is tollgate's "
-              "own work on the critical path.\n")
-        print("| scenario | direct | direct, cross-core | tollgate (core 1) | added | tollgate on core 0 | added | core-0 tollgate CPU µs/req |")
-        print("|---|--:|--:|--:|--:|--:|--:|--:|")
+              "an idle core). *Bare proxy*: the pass-through proxy on core 1, which parses nothing; "
+              "like tollgate on core 1, the data crosses cores twice per request (oha → proxy → mock "
+              "and back), so its added p50 is what any proxy pays on this machine, and "
+              "*tollgate − bare* is what tollgate's own work adds on top. *Tollgate on core 0*: a second "
+              "tollgate pinned with oha and the mock, so nothing crosses cores and the difference to "
+              "direct is tollgate's own work on the critical path plus the proxy's unavoidable hop.\n")
+        print("| scenario | direct | direct, cross-core | bare proxy (core 1) | added "
+              "| tollgate (core 1) | added | tollgate − bare | tollgate on core 0 | added | core-0 tollgate CPU µs/req |")
+        print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
         print("\n".join(xrows))
         print()
     print(
         "Latencies are oha's, client-side, until the whole body has been read (for streams: "
         "until `data: [DONE]`). CPU µs/req = (utime+stime of the process over the measured run) "
-        "/ successful requests; *core busy* = that CPU time / the run's wall time (100% = tollgate "
-        "saturates its core, so its req/s is its single-core capacity). Peak RSS = VmHWM, reset (clear_refs 5) before each run, so it is "
+        "/ successful requests, for the proxy measured (the bare proxy or tollgate); *core busy* = that "
+        "CPU time / the run's wall time (100% = the proxy saturates its core, so its req/s is its "
+        "single-core capacity). Peak RSS = VmHWM, reset (clear_refs 5) before each run, so it is "
         "the peak during that run over the memory the process already held."
     )
     if have_ttfb:
         print("\nTime to first byte (oha's `firstBytePercentiles`: until the response head and first "
               "body bytes arrive), p50 / p99 ms:\n")
-        print("| scenario | c | direct | through tollgate |")
-        print("|---|--:|--:|--:|")
+        print("| scenario | c | direct | through the bare proxy | through tollgate |")
+        print("|---|--:|--:|--:|--:|")
+
+        def fb(meta):
+            if not meta or ttfb_ms(meta["result"], "p50") is None:
+                return "–"
+            return f"{ttfb_ms(meta['result'], 'p50'):.3f} / {ttfb_ms(meta['result'], 'p99'):.3f}"
+
         for s in scenarios:
             if s["target"] != "tollgate" or ttfb_ms(s["result"], "p50") is None:
                 continue
             d = by.get((s["mode"], s["concurrency"], "direct"))
-            dt = f"{ttfb_ms(d['result'], 'p50'):.3f} / {ttfb_ms(d['result'], 'p99'):.3f}" if d else "–"
+            b = by.get((s["mode"], s["concurrency"], "bare"))
             label = {"plain": "non-streaming", "stream": "streaming", "slow": "slow streams"}[s["mode"]]
-            print(f"| {label} | {s['concurrency']} | {dt} "
-                  f"| {ttfb_ms(s['result'], 'p50'):.3f} / {ttfb_ms(s['result'], 'p99'):.3f} |")
+            print(f"| {label} | {s['concurrency']} | {fb(d)} | {fb(b)} | {fb(s)} |")
     else:
         print(
             "\nTime to first byte: not available; this oha version's JSON has no first-byte "
@@ -193,10 +248,10 @@ def main():
         print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|:-:|")
         for s in slow:
             r = s["result"]
-            p50, p99 = pct_ms(r, "p50"), pct_ms(r, "p99")
+            s50, s99 = pct_ms(r, "p50"), pct_ms(r, "p99")
             print(
                 f"| {s['concurrency']} | {s.get('slow_ms')} | {ok_count(r)} | {f(rps(r), '{:.1f}')} "
-                f"| {f(None if p50 is None else p50 / 1000, '{:.2f}')} | {f(None if p99 is None else p99 / 1000, '{:.2f}')} "
+                f"| {f(None if s50 is None else s50 / 1000, '{:.2f}')} | {f(None if s99 is None else s99 / 1000, '{:.2f}')} "
                 f"| {f(mib(s.get('gw_idle_rss_kib')), '{:.1f}')} | {f(mib(s.get('gw_hwm_kib')), '{:.1f}')} "
                 f"| {s.get('peak_fds')} | {f(cpu_us_per_req(s), '{:.0f}')} | {s.get('listen_overflows', '–')} "
                 f"| {'yes' if not failures(r) else '**NO**'} |"
@@ -228,6 +283,14 @@ def main():
             if d1 and t1:
                 added = pct_ms(t1["result"], "p50") - pct_ms(d1["result"], "p50")
                 target(f"added p50, {label}, c=1, {where}", added, 0.1, "ms", "{:.3f}")
+    b1, d1 = by.get(("plain", 1, "bare")), by.get(("plain", 1, "direct"))
+    if b1 and d1:
+        checks.append(
+            f"- (info) added p50, non-streaming, c=1, bare proxy on its own core (what any proxy pays "
+            f"here): {p50(b1) - p50(d1):.3f} ms; tollgate on its own core adds "
+            + f(diff(p50(by.get(("plain", 1, "tollgate"))), p50(b1)), "{:+.3f}")
+            + " ms on top of it"
+        )
     target("peak RSS, non-streaming c=16", t16 and mib(t16.get("gw_hwm_kib")), 20, "MiB")
     target("peak RSS, streaming c=16", s16 and mib(s16.get("gw_hwm_kib")), 20, "MiB")
     for s in slow:

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # tollgate's benchmark harness: the gateway's overhead over a direct call to a
-# (very fast) mock OpenAI upstream. A benchmark, not a test: never run from CI.
+# (very fast) mock OpenAI upstream, read against a bare hyper pass-through
+# proxy (examples/bare_proxy.rs, parses nothing) that is measured the same way:
+# the floor any proxy pays on this machine. A benchmark, not a test: never run
+# from CI.
 #
-#   bench/run.sh                      # 10 s per scenario, ~3.5 minutes in all
+#   bench/run.sh                      # 10 s per scenario, ~4.5 minutes in all
 #   BENCH_SECONDS=5 bench/run.sh      # shorter
 #
 # Environment knobs (all optional):
@@ -15,12 +18,13 @@
 #   BENCH_SLOW_SECONDS duration of the slow-stream scenario     (10)
 #   BENCH_SKIP_BUILD   1 = use the binaries already built
 #   BENCH_OUT          results directory        (bench/results/<timestamp>)
-#   BENCH_PORT_BASE    first of six loopback ports used         (19180)
+#   BENCH_PORT_BASE    first of seven loopback ports used       (19180)
 #   BENCH_PERF         1 = also `perf record -g` tollgate during the c=16
 #                      non-streaming run (perf.data in BENCH_OUT)
 #
 # Core pinning (the machine this was written for has 2 cores): the mock and
-# the load generator (oha) share core 0, tollgate alone has core 1.
+# the load generator (oha) share core 0; tollgate and the bare proxy are both
+# pinned to core 1 and take turns: only the one being measured gets requests.
 
 set -euo pipefail
 
@@ -41,6 +45,7 @@ GW_PORT=$((PORT_BASE + 2))
 SLOW_GW_PORT=$((PORT_BASE + 3))
 XCORE_PORT=$((PORT_BASE + 4))
 SAMECORE_PORT=$((PORT_BASE + 5))
+BARE_PORT=$((PORT_BASE + 6))
 OUT=${BENCH_OUT:-"$ROOT/bench/results/$(date +%Y%m%d-%H%M%S)"}
 CLK_TCK=$(getconf CLK_TCK)
 MOCK_CORE=0
@@ -56,15 +61,19 @@ command -v taskset >/dev/null || die "taskset is missing (util-linux)"
 command -v curl >/dev/null || die "curl is missing"
 command -v python3 >/dev/null || die "python3 is missing"
 
-# 1. Binaries: one cargo invocation for both.
+# 1. Binaries: one cargo invocation for all three.
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
-    log "building tollgate and the mock upstream (release)"
-    cargo build --release --example mock_upstream --bin tollgate
+    log "building tollgate, the mock upstream and the bare proxy (release)"
+    cargo build --release --example mock_upstream --example bare_proxy --bin tollgate
 fi
 TOLLGATE=$ROOT/target/release/tollgate
 MOCK=$ROOT/target/release/examples/mock_upstream
+BARE=$ROOT/target/release/examples/bare_proxy
 [ -x "$TOLLGATE" ] || die "$TOLLGATE not built"
 [ -x "$MOCK" ] || die "$MOCK not built"
+[ -x "$BARE" ] || die "$BARE not built"
+# The source the binaries were built from ("-dirty": with uncommitted changes).
+GIT_REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 
 # 2. The load generator.
 case ":$PATH:" in *":$HOME/.cargo/bin:"*) ;; *) export PATH="$PATH:$HOME/.cargo/bin" ;; esac
@@ -163,6 +172,15 @@ start_gateway() { # port [core] ; sets LAST_PID
     PIDS+=("$LAST_PID")
     wait_port "$1"
 }
+
+start_bare() { # port upstream-port ; sets LAST_PID
+    taskset -c "$GW_CORE" "$BARE" --listen "127.0.0.1:$1" --upstream "127.0.0.1:$2" \
+        >>"$OUT/bare_proxy.log" 2>&1 &
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
+    wait_port "$1"
+}
+
 elapsed() { # t0 t1
     awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'
 }
@@ -194,6 +212,11 @@ SAMECORE_PID=$LAST_PID
 start_gateway "$GW_PORT"
 GW_PID=$LAST_PID
 GW_IDLE_RSS_KIB=$(status_kib "$GW_PID" VmRSS)
+# The floor: a bare hyper pass-through proxy on tollgate's core, in front of the
+# same mock, measured exactly like tollgate.
+start_bare "$BARE_PORT" "$MOCK_PORT"
+BARE_PID=$LAST_PID
+BARE_IDLE_RSS_KIB=$(status_kib "$BARE_PID" VmRSS)
 
 BODY='{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about a fox."}],"max_tokens":64,"temperature":0.7}'
 STREAM_BODY='{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Write one sentence about a fox."}],"max_tokens":64,"temperature":0.7,"stream":true,"stream_options":{"include_usage":true}}'
@@ -202,7 +225,7 @@ printf '%s' "$BODY" >"$WORK/body.json"
 printf '%s' "$STREAM_BODY" >"$WORK/stream.json"
 printf '%s' "$SLOW_BODY" >"$WORK/slow.json"
 
-# Sanity: both paths answer 200 and the stream ends with usage and [DONE].
+# Sanity: every path answers 200 and the stream ends with usage and [DONE].
 check() { # name url body-file
     local code
     code=$(curl -sS -o "$WORK/check.out" -w '%{http_code}' -H 'content-type: application/json' \
@@ -219,11 +242,14 @@ DIRECT_URL="http://127.0.0.1:$MOCK_PORT/v1/chat/completions"
 GW_URL="http://127.0.0.1:$GW_PORT/v1/chat/completions"
 XCORE_URL="http://127.0.0.1:$XCORE_PORT/v1/chat/completions"
 SAMECORE_URL="http://127.0.0.1:$SAMECORE_PORT/v1/chat/completions"
+BARE_URL="http://127.0.0.1:$BARE_PORT/v1/chat/completions"
 check "direct" "$DIRECT_URL" "$WORK/body.json"
 check "direct stream" "$DIRECT_URL" "$WORK/stream.json"
 check "tollgate" "$GW_URL" "$WORK/body.json"
 check "tollgate stream" "$GW_URL" "$WORK/stream.json"
 check "tollgate core 0" "$SAMECORE_URL" "$WORK/body.json"
+check "bare proxy" "$BARE_URL" "$WORK/body.json"
+check "bare proxy stream" "$BARE_URL" "$WORK/stream.json"
 
 oha_run() { # out-json url body-file concurrency duration-s
     taskset -c "$LOAD_CORE" oha "${OHA_EXTRA[@]}" "${OHA_JSON[@]}" -z "${5}s" -c "$4" \
@@ -234,26 +260,28 @@ oha_run() { # out-json url body-file concurrency duration-s
 META=$OUT/scenarios.jsonl
 : >"$META"
 log "results in $OUT"
-log "pinning: mock upstream + oha on core $MOCK_CORE, tollgate on core $GW_CORE; ${SECONDS_PER}s per scenario"
+log "pinning: mock upstream + oha on core $MOCK_CORE, tollgate and the bare proxy on core $GW_CORE; ${SECONDS_PER}s per scenario"
 
 for mode in plain stream; do
     body=$WORK/body.json
     [ "$mode" = stream ] && body=$WORK/stream.json
     for c in $CONCURRENCY; do
-        targets="direct tollgate"
-        [ "$c" = 1 ] && targets="direct xcore samecore tollgate"
+        targets="direct bare tollgate"
+        [ "$c" = 1 ] && targets="direct xcore bare samecore tollgate"
         for target in $targets; do
+            # gw_pid: the proxy measured (CPU ticks, VmHWM). For direct and
+            # xcore it is the idle tollgate on core 1.
+            gw_pid=$GW_PID
             case $target in
             direct) url=$DIRECT_URL ;;
             xcore) url=$XCORE_URL ;;
-            samecore) url=$SAMECORE_URL ;;
+            bare) url=$BARE_URL gw_pid=$BARE_PID ;;
+            samecore) url=$SAMECORE_URL gw_pid=$SAMECORE_PID ;;
             tollgate) url=$GW_URL ;;
             esac
             name=$mode-c$c-$target
             log "$name"
             [ "$WARMUP" = 0 ] || oha_run "$WORK/warmup.json" "$url" "$body" "$c" "$WARMUP"
-            gw_pid=$GW_PID
-            [ "$target" = samecore ] && gw_pid=$SAMECORE_PID
             reset_peak_rss "$gw_pid" && hwm_reset=true || hwm_reset=false
             gw0=$(cpu_ticks "$gw_pid")
             mock_pid=$MOCK_PID
@@ -315,7 +343,7 @@ printf '{"name":"%s","mode":"slow","concurrency":%s,"target":"tollgate","oha":"%
     "$slow_idle" "$(cat "$WORK/slow_fds" 2>/dev/null || echo 0)" "$SLOW_MS" $((lo1 - lo0)) >>"$META"
 
 cat >"$OUT/machine.json" <<EOF
-{"nproc": $NPROC, "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')", "kernel": "$(uname -r)", "oha": "$OHA_VERSION", "seconds": $SECONDS_PER, "warmup": $WARMUP, "chunks": $CHUNKS, "gw_idle_rss_kib": $GW_IDLE_RSS_KIB, "gw_threads": $(status_kib "$GW_PID" Threads), "mock_core": $MOCK_CORE, "gw_core": $GW_CORE, "load_core": $LOAD_CORE, "command": "BENCH_SECONDS=$SECONDS_PER bench/run.sh"}
+{"nproc": $NPROC, "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')", "kernel": "$(uname -r)", "oha": "$OHA_VERSION", "seconds": $SECONDS_PER, "warmup": $WARMUP, "chunks": $CHUNKS, "gw_idle_rss_kib": $GW_IDLE_RSS_KIB, "gw_threads": $(status_kib "$GW_PID" Threads), "bare_idle_rss_kib": $BARE_IDLE_RSS_KIB, "bare_threads": $(status_kib "$BARE_PID" Threads), "mock_core": $MOCK_CORE, "gw_core": $GW_CORE, "load_core": $LOAD_CORE, "git": "$GIT_REV", "command": "BENCH_SECONDS=$SECONDS_PER bench/run.sh"}
 EOF
 
 python3 "$ROOT/bench/report.py" "$OUT" | tee "$OUT/report.md"
