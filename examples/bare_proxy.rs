@@ -37,11 +37,14 @@ async fn main() {
     let upstream: SocketAddr = arg("--upstream").and_then(|a| a.parse().ok()).expect("--upstream ADDR");
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Incoming> =
-        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(1024).build(connector);
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build(connector);
     let listener = TcpListener::bind(listen).await.expect("bind");
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let client = client.clone();
         tokio::spawn(async move {
@@ -54,7 +57,11 @@ async fn main() {
     }
 }
 
-async fn forward(client: &Client<HttpConnector, Incoming>, upstream: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+async fn forward(
+    client: &Client<HttpConnector, Incoming>,
+    upstream: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = format!("http://{upstream}{path}").parse::<Uri>().expect("valid URI");
