@@ -163,6 +163,22 @@ async fn chat_passes_through_exactly_what_the_client_sent() {
             .any(|v| v.as_bytes().windows(GW_KEY.len()).any(|w| w == GW_KEY.as_bytes())),
         "the gateway key never goes upstream"
     );
+    // The answer's usage is metered.
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_tokens_total{model="gpt-test",provider="up",type="prompt"}"#
+        ),
+        Some(91.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_tokens_total{model="gpt-test",provider="up",type="completion"}"#
+        ),
+        Some(9.0)
+    );
 }
 
 #[tokio::test]

@@ -1,6 +1,9 @@
 //! Token usage as OpenAI reports it.
 
 use std::fmt;
+use std::sync::LazyLock;
+
+use memchr::memmem::FinderRev;
 
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -68,6 +71,22 @@ fn lenient_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     d.deserialize_any(Count)
 }
 
+/// The `usage` of a complete answer, read without parsing the rest of it.
+/// OpenAI-style answers end with it, so the search runs from the end; and a
+/// `"usage":` key cannot occur inside a JSON string, whose quotes are escaped.
+/// An answer that spells the key unusually (`"usage" :`) is read whole.
+pub fn find_usage(body: &[u8]) -> Option<Usage> {
+    static KEY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\":"));
+    if let Some(at) = KEY.rfind(body) {
+        let mut value = serde_json::Deserializer::from_slice(&body[at + 8..]);
+        return lenient_usage(&mut value).ok().flatten();
+    }
+    if memchr::memmem::find(body, b"\"usage\"").is_some() {
+        return serde_json::from_slice::<UsageOnly>(body).ok().and_then(|u| u.usage);
+    }
+    None
+}
+
 /// Reads only `usage` from a response body, skipping everything else.
 #[derive(Deserialize)]
 pub struct UsageOnly {
@@ -118,6 +137,18 @@ pub fn lenient_usage<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Usage>, D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_found_without_parsing_the_answer() {
+        let fixture = include_bytes!("../../tests/fixtures/openai/chat_response.json");
+        let whole: UsageOnly = serde_json::from_slice(fixture).unwrap();
+        assert!(whole.usage.is_some());
+        assert_eq!(find_usage(fixture), whole.usage);
+        let tricky = br#"{"choices":[{"message":{"content":"say \"usage\": {\"prompt_tokens\": 99}"}}],"usage" : {"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        assert_eq!(find_usage(tricky), Some(Usage::new(1, 2)));
+        assert_eq!(find_usage(br#"{"choices":[]}"#), None);
+        assert_eq!(find_usage(br#"{"usage":null}"#), None);
+    }
 
     #[test]
     fn odd_usage_shapes_read_leniently() {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::client::UpstreamClient;
 use super::error::UpstreamError;
 use super::{Call, Provider, Reply};
-use crate::api::usage::UsageOnly;
+use crate::api::usage::find_usage;
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind, StreamOptions};
 use crate::config::{HttpSpec, KeyState};
 
@@ -212,10 +212,14 @@ impl OpenAiProvider {
                 self.protocol("a streamed request was answered without an event stream")
             });
         }
-        let usage = serde_json::from_slice::<UsageOnly>(&raw)
-            .map_err(|_| self.protocol("the answer is not JSON"))?
-            .usage;
-        Ok(Reply::Complete { body: raw, usage })
+        // The answer is passed on as it came; only its usage is read.
+        if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(self.protocol("the answer is not a JSON object"));
+        }
+        Ok(Reply::Complete {
+            usage: find_usage(&raw),
+            body: raw,
+        })
     }
 
     fn protocol(&self, detail: &str) -> UpstreamError {
