@@ -9,6 +9,7 @@ mod client;
 pub mod error;
 pub mod openai;
 pub mod simulated;
+mod sse_body;
 
 use std::pin::Pin;
 use std::sync::Arc;

@@ -2,7 +2,6 @@
 //! one event at a time as they arrive.
 
 use std::sync::LazyLock;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::stream;
@@ -15,24 +14,11 @@ use tokio::time::Instant;
 
 use super::errors;
 use crate::api::{ApiError, Usage};
+use crate::providers::sse_body::SseBody;
 use crate::providers::{EventStream, StreamEvent, UpstreamClient, UpstreamError};
-use crate::stream::SseDecoder;
-
-/// Largest single stream event: bounds memory per stream.
-const MAX_EVENT_BYTES: usize = 4 << 20;
-/// After `[DONE]`, how long and how much to read so the connection can go back to the pool.
-const DRAIN_TIME: Duration = Duration::from_secs(1);
-const DRAIN_BYTES: usize = 64 << 10;
 
 pub fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, azure: bool) -> EventStream {
-    let state = Relay {
-        body: Some(body),
-        decoder: SseDecoder::new(MAX_EVENT_BYTES),
-        client,
-        deadline,
-        azure,
-        finished: false,
-    };
+    let state = Relay { body: SseBody::new(body, client, deadline), azure, finished: false };
     Box::pin(stream::unfold(state, |mut relay| async move {
         if relay.finished {
             return None;
@@ -44,11 +30,7 @@ pub fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, azure: b
 }
 
 struct Relay {
-    /// `None` once handed to the drain task.
-    body: Option<Incoming>,
-    decoder: SseDecoder,
-    client: UpstreamClient,
-    deadline: Instant,
+    body: SseBody,
     /// Azure adds content-filter annotation chunks that are not part of the answer.
     azure: bool,
     finished: bool,
@@ -57,67 +39,28 @@ struct Relay {
 impl Relay {
     async fn next(&mut self) -> Option<Result<StreamEvent, UpstreamError>> {
         loop {
-            match self.decoder.next_event() {
-                Err(e) => return Some(Err(self.protocol(&e.to_string()))),
-                Ok(Some(event)) => {
-                    let data = event.data;
-                    if &data[..] == b"[DONE]" {
-                        self.drain();
-                        return None;
-                    }
-                    if data.iter().all(u8::is_ascii_whitespace) {
-                        continue;
-                    }
-                    if data.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-                        return Some(Err(self.protocol("a stream event is not a JSON object")));
-                    }
-                    if let Some(error) = midstream_error(&data, self.client.provider()) {
-                        return Some(Err(UpstreamError::Status { error }));
-                    }
-                    if self.azure && is_annotation_only(&data) {
-                        continue;
-                    }
-                    return Some(Ok(classify_chunk(data)));
-                }
-                Ok(None) => {
-                    let body = self.body.as_mut()?;
-                    match self.client.next_chunk(body, self.deadline).await {
-                        Ok(Some(bytes)) => self.decoder.push(&bytes),
-                        Ok(None) => {
-                            return Some(Err(UpstreamError::Dropped {
-                                provider: self.client.provider().to_owned(),
-                                detail: "the stream ended without `data: [DONE]`".into(),
-                            }));
-                        }
-                        Err(e) => return Some(Err(e)),
-                    }
-                }
+            let data = match self.body.next_event().await {
+                Err(e) => return Some(Err(e)),
+                Ok(None) => return Some(Err(self.body.cut_short("`data: [DONE]`"))),
+                Ok(Some(event)) => event.data,
+            };
+            if &data[..] == b"[DONE]" {
+                self.body.finish();
+                return None;
             }
-        }
-    }
-
-    /// Reads what follows `[DONE]` (normally just the end of the chunked
-    /// body) off the request path, so the upstream connection is reused
-    /// instead of closed.
-    fn drain(&mut self) {
-        let Some(mut body) = self.body.take() else { return };
-        let client = self.client.clone();
-        tokio::spawn(async move {
-            let deadline = Instant::now() + DRAIN_TIME;
-            let mut read = 0;
-            while let Ok(Some(chunk)) = client.next_chunk(&mut body, deadline).await {
-                read += chunk.len();
-                if read > DRAIN_BYTES {
-                    break;
-                }
+            if data.iter().all(u8::is_ascii_whitespace) {
+                continue;
             }
-        });
-    }
-
-    fn protocol(&self, detail: &str) -> UpstreamError {
-        UpstreamError::Protocol {
-            provider: self.client.provider().to_owned(),
-            detail: detail.to_owned(),
+            if data.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+                return Some(Err(self.body.protocol("a stream event is not a JSON object")));
+            }
+            if let Some(error) = midstream_error(&data, self.body.provider()) {
+                return Some(Err(UpstreamError::Status { error }));
+            }
+            if self.azure && is_annotation_only(&data) {
+                continue;
+            }
+            return Some(Ok(classify_chunk(data)));
         }
     }
 }
