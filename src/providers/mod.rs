@@ -10,6 +10,7 @@ pub mod error;
 pub mod openai;
 pub mod simulated;
 mod sse_body;
+pub mod upstream_status;
 
 use std::pin::Pin;
 use std::sync::Arc;

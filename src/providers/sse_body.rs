@@ -27,7 +27,12 @@ pub struct SseBody {
 
 impl SseBody {
     pub fn new(body: Incoming, client: UpstreamClient, deadline: Instant) -> Self {
-        SseBody { body: Some(body), decoder: SseDecoder::new(MAX_EVENT_BYTES), client, deadline }
+        SseBody {
+            body: Some(body),
+            decoder: SseDecoder::new(MAX_EVENT_BYTES),
+            client,
+            deadline,
+        }
     }
 
     pub fn provider(&self) -> &str {
@@ -41,7 +46,9 @@ impl SseBody {
                 Err(e) => return Err(self.protocol(&e.to_string())),
                 Ok(Some(event)) => return Ok(Some(event)),
                 Ok(None) => {
-                    let Some(body) = self.body.as_mut() else { return Ok(None) };
+                    let Some(body) = self.body.as_mut() else {
+                        return Ok(None);
+                    };
                     match self.client.next_chunk(body, self.deadline).await? {
                         Some(bytes) => self.decoder.push(&bytes),
                         None => return Ok(None),
@@ -69,11 +76,17 @@ impl SseBody {
     }
 
     pub fn protocol(&self, detail: &str) -> UpstreamError {
-        UpstreamError::Protocol { provider: self.provider().to_owned(), detail: detail.to_owned() }
+        UpstreamError::Protocol {
+            provider: self.provider().to_owned(),
+            detail: detail.to_owned(),
+        }
     }
 
     /// The body ended before the answer was complete.
     pub fn cut_short(&self, what: &str) -> UpstreamError {
-        UpstreamError::Dropped { provider: self.provider().to_owned(), detail: format!("the stream ended without {what}") }
+        UpstreamError::Dropped {
+            provider: self.provider().to_owned(),
+            detail: format!("the stream ended without {what}"),
+        }
     }
 }

@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use super::client::UpstreamClient;
 use super::error::UpstreamError;
+use super::upstream_status;
 use super::{Call, Provider, Reply};
 use crate::api::usage::find_usage;
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind, StreamOptions};
@@ -247,8 +248,10 @@ impl OpenAiProvider {
             )
             .with_code("upstream_auth_failed");
         }
-        let mut error = errors::from_body(errors::client_status(status), raw, self.name(), |s| self.scrub(s));
-        error.retry_after = errors::retry_after(headers);
+        let mut error = errors::from_body(upstream_status::client_status(status), raw, self.name(), |s| {
+            self.scrub(s)
+        });
+        error.retry_after = upstream_status::retry_after(headers);
         error
     }
 

@@ -18,7 +18,11 @@ use crate::providers::sse_body::SseBody;
 use crate::providers::{EventStream, StreamEvent, UpstreamClient, UpstreamError};
 
 pub fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, azure: bool) -> EventStream {
-    let state = Relay { body: SseBody::new(body, client, deadline), azure, finished: false };
+    let state = Relay {
+        body: SseBody::new(body, client, deadline),
+        azure,
+        finished: false,
+    };
     Box::pin(stream::unfold(state, |mut relay| async move {
         if relay.finished {
             return None;
