@@ -53,8 +53,28 @@ pub struct ProviderSpec {
 #[derive(Debug)]
 pub enum ProviderKind {
     OpenAi(HttpSpec),
-    Azure { http: HttpSpec, api_version: String },
+    Azure {
+        http: HttpSpec,
+        api_version: String,
+    },
+    Anthropic {
+        http: HttpSpec,
+        version: String,
+        max_tokens: u32,
+    },
     Simulated(SimulatedSection),
+}
+
+impl ProviderKind {
+    /// How to reach the upstream, for every kind that has one.
+    pub fn http(&self) -> Option<&HttpSpec> {
+        match self {
+            ProviderKind::OpenAi(h) | ProviderKind::Azure { http: h, .. } | ProviderKind::Anthropic { http: h, .. } => {
+                Some(h)
+            }
+            ProviderKind::Simulated(_) => None,
+        }
+    }
 }
 
 /// How to reach an HTTP upstream.
@@ -102,12 +122,9 @@ impl Config {
     pub fn providers_without_keys(&self) -> Vec<(&str, &[String])> {
         self.providers
             .iter()
-            .filter_map(|p| match &p.kind {
-                ProviderKind::OpenAi(h) | ProviderKind::Azure { http: h, .. } => match &h.key {
-                    KeyState::Missing(vars) => Some((p.name.as_str(), vars.as_slice())),
-                    _ => None,
-                },
-                ProviderKind::Simulated(_) => None,
+            .filter_map(|p| match p.kind.http().map(|h| &h.key) {
+                Some(KeyState::Missing(vars)) => Some((p.name.as_str(), vars.as_slice())),
+                _ => None,
             })
             .collect()
     }
@@ -122,7 +139,7 @@ impl Config {
         let keyed: Vec<&str> = self
             .providers
             .iter()
-            .filter(|p| matches!(&p.kind, ProviderKind::OpenAi(h) | ProviderKind::Azure { http: h, .. } if matches!(h.key, KeyState::Set(_))))
+            .filter(|p| p.kind.http().is_some_and(|h| matches!(h.key, KeyState::Set(_))))
             .map(|p| p.name.as_str())
             .collect();
         (!keyed.is_empty()).then(|| {
@@ -445,6 +462,28 @@ impl Validator<'_> {
                     return None;
                 }
                 ProviderKind::Azure { http, api_version }
+            }
+            ProviderSection::Anthropic(p) => {
+                let mut http = self.http(
+                    name,
+                    &p.base_url,
+                    p.api_key.as_deref(),
+                    "x-api-key",
+                    &p.headers,
+                    &p.timeouts,
+                )?;
+                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
+                let line = locate::map_entry_key(self.text, "providers", name, Some("max_tokens"));
+                if p.max_tokens == 0 {
+                    self.error(line, format!("providers.{name}.max_tokens"), "must be at least 1");
+                    return None;
+                }
+                let version = self.plain(&p.version, line, &format!("providers.{name}.version"))?;
+                ProviderKind::Anthropic {
+                    http,
+                    version,
+                    max_tokens: p.max_tokens,
+                }
             }
             ProviderSection::Simulated(s) => {
                 let usable = s.tokens_per_second == 0.0

@@ -122,6 +122,8 @@ pub enum ProviderSection {
     Openai(HttpProviderSection),
     /// Azure OpenAI: deployment URLs, `api-version`, `api-key` header.
     Azure(AzureSection),
+    /// Anthropic's Messages API, translated both ways.
+    Anthropic(AnthropicSection),
     /// Built in, no network.
     Simulated(SimulatedSection),
 }
@@ -173,6 +175,37 @@ pub struct AzureSection {
     pub stream_usage: bool,
     #[serde(default)]
     pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnthropicSection {
+    #[serde(default = "default_anthropic_base")]
+    pub base_url: String,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The `anthropic-version` header.
+    #[serde(default = "default_anthropic_version")]
+    pub version: String,
+    /// `max_tokens` for requests that set none (Anthropic requires one).
+    #[serde(default = "default_anthropic_max_tokens")]
+    pub max_tokens: u32,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: TimeoutSection,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_anthropic_base() -> String {
+    "https://api.anthropic.com".into()
+}
+fn default_anthropic_version() -> String {
+    "2023-06-01".into()
+}
+fn default_anthropic_max_tokens() -> u32 {
+    4096
 }
 
 fn default_azure_version() -> String {

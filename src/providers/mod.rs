@@ -4,6 +4,7 @@
 //! it takes a canonical (OpenAI) request, talks to its upstream, and answers
 //! canonical JSON bodies or canonical stream chunks.
 
+pub mod anthropic;
 pub mod azure;
 mod client;
 pub mod error;
@@ -99,6 +100,16 @@ pub fn build(spec: &ProviderSpec) -> Arc<dyn Provider> {
             openai::Flavor::OpenAi,
         )),
         ProviderKind::Azure { http, api_version } => Arc::new(azure::new(&spec.name, http.clone(), api_version)),
+        ProviderKind::Anthropic {
+            http,
+            version,
+            max_tokens,
+        } => Arc::new(anthropic::AnthropicProvider::new(
+            &spec.name,
+            http.clone(),
+            version,
+            *max_tokens,
+        )),
         ProviderKind::Simulated(sim) => Arc::new(simulated::SimulatedProvider::new(sim.clone())),
     }
 }

@@ -1,0 +1,269 @@
+//! Anthropic's Messages API: a client's OpenAI chat request is translated to
+//! a Messages request, and the answer, the stream and the errors back. The
+//! translation is in `request` and `response`, pure and tested on fixtures;
+//! this module does the HTTP.
+
+mod request;
+mod response;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::sse_body::SseBody;
+use super::upstream_status;
+use super::{Call, EventStream, Provider, Reply, StreamEvent, UpstreamClient, UpstreamError};
+use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
+use crate::config::{HttpSpec, KeyState};
+use response::{Step, StreamTranslator};
+
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+pub struct AnthropicProvider {
+    client: UpstreamClient,
+    spec: HttpSpec,
+    messages_uri: Option<Uri>,
+    version: HeaderValue,
+    /// `max_tokens` is required by Anthropic; used when the request sets none.
+    default_max_tokens: u32,
+    /// `x-api-key`, marked sensitive so it is never logged.
+    key: Option<HeaderValue>,
+}
+
+impl AnthropicProvider {
+    pub fn new(name: &str, spec: HttpSpec, version: &str, default_max_tokens: u32) -> Self {
+        let key = match &spec.key {
+            KeyState::Set(k) => HeaderValue::from_str(k.expose()).ok().map(|mut v| {
+                v.set_sensitive(true);
+                v
+            }),
+            _ => None,
+        };
+        AnthropicProvider {
+            client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
+            messages_uri: format!("{}/v1/messages", spec.base_url).parse().ok(),
+            version: HeaderValue::from_str(version).unwrap_or(HeaderValue::from_static("2023-06-01")),
+            spec,
+            default_max_tokens,
+            key,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.client.provider()
+    }
+
+    fn request(&self, call: &Call<'_>, body: Vec<u8>, stream: bool) -> Result<Request<Full<Bytes>>, UpstreamError> {
+        if let KeyState::Missing(vars) = &self.spec.key {
+            return Err(UpstreamError::NotConfigured(format!(
+                "provider `{}` has no API key: set {} in the gateway's environment",
+                self.name(),
+                vars.join(", ")
+            )));
+        }
+        let uri = self
+            .messages_uri
+            .clone()
+            .ok_or_else(|| UpstreamError::NotConfigured(format!("provider `{}` has no usable URL", self.name())))?;
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static parts are valid");
+        let headers = req.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static(if stream {
+                "text/event-stream"
+            } else {
+                "application/json"
+            }),
+        );
+        headers.insert("anthropic-version", self.version.clone());
+        for (name, value) in &self.spec.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(key) = &self.key {
+            headers.insert("x-api-key", key.clone());
+        }
+        headers.insert("x-request-id", call.request_id.clone());
+        Ok(req)
+    }
+
+    /// Anthropic's `{"type":"error","error":{"type","message"}}` → the client's error.
+    fn translate_error(&self, status: StatusCode, headers: &HeaderMap, raw: &[u8]) -> ApiError {
+        let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+        let (kind, message) = error_parts(&body);
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            tracing::warn!(
+                provider = self.name(),
+                status = status.as_u16(),
+                message,
+                "upstream rejected the gateway's credentials"
+            );
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Upstream,
+                format!(
+                    "provider `{}` rejected the gateway's credentials (upstream status {})",
+                    self.name(),
+                    status.as_u16()
+                ),
+            )
+            .with_code("upstream_auth_failed");
+        }
+        // 529 "overloaded" is Anthropic's own status: clients know it as 503.
+        let status = if status.as_u16() == 529 {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            upstream_status::client_status(status)
+        };
+        let message = message.map_or_else(
+            || format!("provider `{}` answered status {}", self.name(), status.as_u16()),
+            str::to_owned,
+        );
+        let mut error = ApiError::new(status, ErrorKind::Upstream, message);
+        if let Some(kind) = kind {
+            kind.clone_into(&mut error.kind);
+            error.code = Some(kind.to_owned());
+        }
+        error.retry_after = upstream_status::retry_after(headers);
+        error
+    }
+}
+
+fn error_parts(body: &Value) -> (Option<&str>, Option<&str>) {
+    let error = body.get("error");
+    (
+        error.and_then(|e| e.get("type")).and_then(Value::as_str),
+        error.and_then(|e| e.get("message")).and_then(Value::as_str),
+    )
+}
+
+fn relay(body: Incoming, client: UpstreamClient, deadline: Instant) -> EventStream {
+    struct State {
+        body: SseBody,
+        translator: StreamTranslator,
+        pending: std::vec::IntoIter<StreamEvent>,
+        finished: bool,
+    }
+    let state = State {
+        body: SseBody::new(body, client, deadline),
+        translator: StreamTranslator::new(),
+        pending: Vec::new().into_iter(),
+        finished: false,
+    };
+    Box::pin(stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(event) = s.pending.next() {
+                return Some((Ok(event), s));
+            }
+            if s.finished {
+                return None;
+            }
+            let data = match s.body.next_event().await {
+                Ok(Some(event)) => event.data,
+                Ok(None) => {
+                    s.finished = true;
+                    return Some((Err(s.body.cut_short("`message_stop`")), s));
+                }
+                Err(e) => {
+                    s.finished = true;
+                    return Some((Err(e), s));
+                }
+            };
+            match s.translator.step(&data) {
+                Ok(Step::Emit(events)) => s.pending = events.into_iter(),
+                Ok(Step::Done(events)) => {
+                    s.body.finish();
+                    s.finished = true;
+                    s.pending = events.into_iter();
+                }
+                Ok(Step::Failed(event)) => {
+                    s.finished = true;
+                    let (kind, message) = error_parts(&event);
+                    let mut error = ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        ErrorKind::Upstream,
+                        message.unwrap_or("the upstream failed during the stream"),
+                    );
+                    if let Some(kind) = kind {
+                        kind.clone_into(&mut error.kind);
+                        error.code = Some(kind.to_owned());
+                    }
+                    return Some((Err(UpstreamError::Status { error }), s));
+                }
+                Err(_) => {
+                    s.finished = true;
+                    return Some((Err(s.body.protocol("a stream event is not valid JSON")), s));
+                }
+            }
+        }
+    }))
+}
+
+fn no_endpoint(provider: &str, what: &str) -> UpstreamError {
+    UpstreamError::Status {
+        error: ApiError::bad_request(format!(
+            "provider `{provider}` (Anthropic) has no {what} API; use a model of another provider"
+        ))
+        .with_param("model")
+        .with_code("unsupported_endpoint"),
+    }
+}
+
+#[async_trait]
+impl Provider for AnthropicProvider {
+    async fn chat(&self, call: Call<'_>, req: ChatRequest) -> Result<Reply, UpstreamError> {
+        let stream = req.is_stream();
+        let translated = request::to_messages_request(&req, call.upstream_model, self.default_max_tokens)
+            .map_err(|error| UpstreamError::Status { error })?;
+        let body = serde_json::to_vec(&translated).map_err(|e| UpstreamError::Protocol {
+            provider: self.name().to_owned(),
+            detail: e.to_string(),
+        })?;
+        let req = self.request(&call, body, stream)?;
+        let deadline = self.client.total_deadline();
+        let resp = self.client.send(req, deadline, stream).await?;
+        let status = resp.status();
+        let (parts, body) = resp.into_parts();
+        if !status.is_success() {
+            let raw = self
+                .client
+                .read_body(body, MAX_ERROR_BYTES, deadline)
+                .await
+                .unwrap_or_default();
+            return Err(UpstreamError::Status {
+                error: self.translate_error(status, &parts.headers, &raw),
+            });
+        }
+        if stream {
+            return Ok(Reply::Stream(relay(body, self.client.clone(), deadline)));
+        }
+        let raw = self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await?;
+        let (body, usage) = response::to_chat_completion(&raw).map_err(|e| UpstreamError::Protocol {
+            provider: self.name().to_owned(),
+            detail: format!("not a Messages answer: {e}"),
+        })?;
+        Ok(Reply::Complete {
+            body,
+            usage: Some(usage),
+        })
+    }
+
+    async fn completions(&self, _call: Call<'_>, _req: CompletionRequest) -> Result<Reply, UpstreamError> {
+        Err(no_endpoint(self.name(), "legacy completions"))
+    }
+
+    async fn embeddings(&self, _call: Call<'_>, _req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
+        Err(no_endpoint(self.name(), "embeddings"))
+    }
+}

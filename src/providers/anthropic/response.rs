@@ -1,0 +1,368 @@
+//! Anthropic Messages answers → OpenAI chat completions: the complete answer,
+//! stream events (a small state machine), usage and stop reasons. Pure;
+//! unit-tested against the fixtures.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::api::Usage;
+use crate::providers::StreamEvent;
+
+/// Anthropic's usage: `input_tokens` counts only what follows the last cache
+/// breakpoint, so the prompt is input + cache reads + cache writes.
+#[derive(Debug, Default, Clone, Copy, Deserialize)]
+pub struct AnthropicUsage {
+    #[serde(default)]
+    input_tokens: Option<u64>,
+    #[serde(default)]
+    output_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+}
+
+impl AnthropicUsage {
+    /// Later counts (a stream's `message_delta`) override earlier ones where present.
+    fn merge(&mut self, later: &AnthropicUsage) {
+        self.input_tokens = later.input_tokens.or(self.input_tokens);
+        self.output_tokens = later.output_tokens.or(self.output_tokens);
+        self.cache_creation_input_tokens = later.cache_creation_input_tokens.or(self.cache_creation_input_tokens);
+        self.cache_read_input_tokens = later.cache_read_input_tokens.or(self.cache_read_input_tokens);
+    }
+
+    pub fn to_usage(self) -> Usage {
+        let prompt = self.input_tokens.unwrap_or(0)
+            + self.cache_read_input_tokens.unwrap_or(0)
+            + self.cache_creation_input_tokens.unwrap_or(0);
+        Usage::new(prompt, self.output_tokens.unwrap_or(0))
+    }
+
+    fn to_openai(self) -> Value {
+        let u = self.to_usage();
+        json!({
+            "prompt_tokens": u.prompt_tokens,
+            "completion_tokens": u.completion_tokens,
+            "total_tokens": u.total_tokens,
+            "prompt_tokens_details": {"cached_tokens": self.cache_read_input_tokens.unwrap_or(0)},
+        })
+    }
+}
+
+pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens" | "model_context_window_exceeded") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        // end_turn, stop_sequence, pause_turn, and anything new.
+        _ => "stop",
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    id: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    content: Vec<Value>,
+    #[serde(default)]
+    stop_reason: Option<String>,
+    #[serde(default)]
+    usage: AnthropicUsage,
+}
+
+/// A complete Messages answer as an OpenAI `chat.completion`, with its usage.
+pub fn to_chat_completion(raw: &[u8]) -> Result<(Bytes, Usage), serde_json::Error> {
+    let m: Message = serde_json::from_slice(raw)?;
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for block in &m.content {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => tool_calls.push(json!({
+                "id": block.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": block.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": block.get("input").map_or_else(|| "{}".to_owned(), Value::to_string),
+                },
+            })),
+            // Thinking and server-tool blocks have no OpenAI equivalent here.
+            _ => {}
+        }
+    }
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { Value::String(text) }, "refusal": null});
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    let body = json!({
+        "id": m.id,
+        "object": "chat.completion",
+        "created": now(),
+        "model": m.model,
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(m.stop_reason.as_deref())}],
+        "usage": m.usage.to_openai(),
+    });
+    Ok((Bytes::from(serde_json::to_vec(&body)?), m.usage.to_usage()))
+}
+
+/// What one Anthropic stream event becomes.
+pub enum Step {
+    Emit(Vec<StreamEvent>),
+    /// `message_stop`: the answer is complete (the usage chunk is emitted first).
+    Done(Vec<StreamEvent>),
+    /// An `error` event: the upstream's error object.
+    Failed(Value),
+}
+
+/// Turns Anthropic stream events into OpenAI chunks.
+#[derive(Default)]
+pub struct StreamTranslator {
+    id: String,
+    model: String,
+    created: u64,
+    usage: AnthropicUsage,
+    /// OpenAI's `tool_calls[].index` for each Anthropic content block index that is a tool call.
+    tool_indexes: Vec<(u64, usize)>,
+}
+
+impl StreamTranslator {
+    pub fn new() -> Self {
+        StreamTranslator {
+            created: now(),
+            ..Default::default()
+        }
+    }
+
+    fn chunk(&self, delta: Value, finish_reason: Option<&str>, has_content: bool) -> StreamEvent {
+        let body = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason}],
+        });
+        StreamEvent::chunk(Bytes::from(serde_json::to_vec(&body).unwrap_or_default()), has_content)
+    }
+
+    pub fn step(&mut self, data: &[u8]) -> Result<Step, serde_json::Error> {
+        let event: Value = serde_json::from_slice(data)?;
+        let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
+        let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
+        Ok(match kind {
+            "message_start" => {
+                let message = event.get("message").cloned().unwrap_or(Value::Null);
+                self.id = message.get("id").and_then(Value::as_str).unwrap_or_default().to_owned();
+                self.model = message
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(u) = message.get("usage") {
+                    self.usage.merge(&AnthropicUsage::deserialize(u)?);
+                }
+                Step::Emit(vec![self.chunk(
+                    json!({"role": "assistant", "content": ""}),
+                    None,
+                    false,
+                )])
+            }
+            "content_block_start" => {
+                let block = event.get("content_block").unwrap_or(&Value::Null);
+                if block.get("type").and_then(Value::as_str) != Some("tool_use") {
+                    return Ok(Step::Emit(Vec::new()));
+                }
+                let position = self.tool_indexes.len();
+                self.tool_indexes.push((index, position));
+                let call = json!([{"index": position, "id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": ""}}]);
+                Step::Emit(vec![self.chunk(
+                    json!({"content": null, "tool_calls": call}),
+                    None,
+                    true,
+                )])
+            }
+            "content_block_delta" => {
+                let delta = event.get("delta").unwrap_or(&Value::Null);
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => {
+                        let text = delta.get("text").and_then(Value::as_str).unwrap_or("");
+                        Step::Emit(vec![self.chunk(json!({"content": text}), None, !text.is_empty())])
+                    }
+                    Some("input_json_delta") => {
+                        let piece = delta.get("partial_json").and_then(Value::as_str).unwrap_or("");
+                        let position = self.tool_indexes.iter().find(|(i, _)| *i == index).map(|(_, p)| *p);
+                        match position {
+                            Some(p) if !piece.is_empty() => {
+                                let call = json!([{"index": p, "function": {"arguments": piece}}]);
+                                Step::Emit(vec![self.chunk(json!({"tool_calls": call}), None, true)])
+                            }
+                            _ => Step::Emit(Vec::new()),
+                        }
+                    }
+                    // Thinking, signatures and citations have no OpenAI chunk.
+                    _ => Step::Emit(Vec::new()),
+                }
+            }
+            "message_delta" => {
+                if let Some(u) = event.get("usage") {
+                    self.usage.merge(&AnthropicUsage::deserialize(u)?);
+                }
+                let stop = event
+                    .get("delta")
+                    .and_then(|d| d.get("stop_reason"))
+                    .and_then(Value::as_str);
+                Step::Emit(vec![self.chunk(json!({}), Some(finish_reason(stop)), false)])
+            }
+            "message_stop" => {
+                let usage = self.usage.to_usage();
+                let body = json!({
+                    "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                    "choices": [], "usage": self.usage.to_openai(),
+                });
+                Step::Done(vec![StreamEvent::usage(Bytes::from(serde_json::to_vec(&body)?), usage)])
+            }
+            "error" => Step::Failed(event),
+            // ping, content_block_stop, and event types added later.
+            _ => Step::Emit(Vec::new()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(raw: &str) -> Vec<&str> {
+        raw.split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .collect()
+    }
+
+    fn run(raw: &str) -> (Vec<Value>, Option<Usage>, bool) {
+        let mut t = StreamTranslator::new();
+        let (mut out, mut usage, mut done) = (Vec::new(), None, false);
+        for data in events(raw) {
+            let emitted = match t.step(data.as_bytes()).unwrap() {
+                Step::Emit(e) => e,
+                Step::Done(e) => {
+                    done = true;
+                    e
+                }
+                Step::Failed(e) => panic!("{e}"),
+            };
+            for e in emitted {
+                usage = e.usage.or(usage);
+                out.push(serde_json::from_slice(&e.data).unwrap());
+            }
+        }
+        (out, usage, done)
+    }
+
+    #[test]
+    fn complete_answers_translate() {
+        let (body, usage) = to_chat_completion(include_bytes!(
+            "../../../tests/fixtures/anthropic/messages_response.json"
+        ))
+        .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["choices"][0]["message"]["content"], "Paris is 18°C and overcast.");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+        assert_eq!(v["usage"]["prompt_tokens"], 412);
+        assert_eq!(usage, Usage::new(412, 12));
+
+        let (body, _) = to_chat_completion(include_bytes!(
+            "../../../tests/fixtures/anthropic/messages_response_tool_use.json"
+        ))
+        .unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        let call = &v["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["id"], "toolu_01A09q90qw90lq917835lq9");
+        assert_eq!(call["function"]["name"], "get_weather");
+        assert_eq!(
+            serde_json::from_str::<Value>(call["function"]["arguments"].as_str().unwrap()).unwrap(),
+            json!({"city": "Paris"})
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    }
+
+    #[test]
+    fn cache_reads_and_writes_count_as_prompt_tokens() {
+        let raw = br#"{"id":"m","model":"c","content":[],"stop_reason":"max_tokens","usage":{"input_tokens":10,"cache_read_input_tokens":100,"cache_creation_input_tokens":5,"output_tokens":7}}"#;
+        let (body, usage) = to_chat_completion(raw).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(usage, Usage::new(115, 7));
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
+        assert_eq!(v["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            v["choices"][0]["message"]["content"], "",
+            "empty content is not an error"
+        );
+    }
+
+    #[test]
+    fn the_text_stream_translates() {
+        let (chunks, usage, done) = run(include_str!("../../../tests/fixtures/anthropic/messages_stream.sse"));
+        assert!(done);
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(text, "Paris is 18°C and overcast.");
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        let finish: Vec<&str> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+            .collect();
+        assert_eq!(finish, ["stop"]);
+        let last = chunks.last().unwrap();
+        assert_eq!(last["choices"], json!([]));
+        assert_eq!(usage.unwrap().completion_tokens, 12);
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["id"] == chunks[0]["id"] && c["object"] == "chat.completion.chunk")
+        );
+    }
+
+    #[test]
+    fn streamed_tool_calls_reassemble() {
+        let (chunks, usage, done) = run(include_str!(
+            "../../../tests/fixtures/anthropic/messages_stream_tool_use.sse"
+        ));
+        assert!(done && usage.is_some());
+        let mut arguments = String::new();
+        let mut name = None;
+        for c in &chunks {
+            for call in c["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                assert_eq!(call["index"], 0);
+                name = call["function"]["name"].as_str().map(str::to_owned).or(name);
+                arguments.push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+            }
+        }
+        assert_eq!(name.as_deref(), Some("get_weather"));
+        assert_eq!(
+            serde_json::from_str::<Value>(&arguments).unwrap(),
+            json!({"city": "Paris"})
+        );
+        let finish: Vec<&str> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
+            .collect();
+        assert_eq!(finish, ["tool_calls"]);
+    }
+
+    #[test]
+    fn an_error_event_fails_the_stream() {
+        let mut t = StreamTranslator::new();
+        let step = t
+            .step(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#)
+            .unwrap();
+        assert!(matches!(step, Step::Failed(e) if e["error"]["type"] == "overloaded_error"));
+    }
+}
