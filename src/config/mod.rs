@@ -62,6 +62,11 @@ pub enum ProviderKind {
         version: String,
         max_tokens: u32,
     },
+    Ollama {
+        http: HttpSpec,
+        keep_alive: Option<String>,
+        num_ctx: Option<u32>,
+    },
     Simulated(SimulatedSection),
 }
 
@@ -69,9 +74,10 @@ impl ProviderKind {
     /// How to reach the upstream, for every kind that has one.
     pub fn http(&self) -> Option<&HttpSpec> {
         match self {
-            ProviderKind::OpenAi(h) | ProviderKind::Azure { http: h, .. } | ProviderKind::Anthropic { http: h, .. } => {
-                Some(h)
-            }
+            ProviderKind::OpenAi(h)
+            | ProviderKind::Azure { http: h, .. }
+            | ProviderKind::Anthropic { http: h, .. }
+            | ProviderKind::Ollama { http: h, .. } => Some(h),
             ProviderKind::Simulated(_) => None,
         }
     }
@@ -483,6 +489,22 @@ impl Validator<'_> {
                     http,
                     version,
                     max_tokens: p.max_tokens,
+                }
+            }
+            ProviderSection::Ollama(p) => {
+                let mut http = self.http(
+                    name,
+                    &p.base_url,
+                    p.api_key.as_deref(),
+                    "authorization",
+                    &p.headers,
+                    &p.timeouts,
+                )?;
+                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
+                ProviderKind::Ollama {
+                    http,
+                    keep_alive: p.keep_alive.clone(),
+                    num_ctx: p.num_ctx,
                 }
             }
             ProviderSection::Simulated(s) => {

@@ -124,6 +124,8 @@ pub enum ProviderSection {
     Azure(AzureSection),
     /// Anthropic's Messages API, translated both ways.
     Anthropic(AnthropicSection),
+    /// Ollama's native API (`/api/chat`, `/api/embed`), translated both ways.
+    Ollama(OllamaSection),
     /// Built in, no network.
     Simulated(SimulatedSection),
 }
@@ -206,6 +208,32 @@ fn default_anthropic_version() -> String {
 }
 fn default_anthropic_max_tokens() -> u32 {
     4096
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OllamaSection {
+    #[serde(default = "default_ollama_base")]
+    pub base_url: String,
+    /// Only for Ollama's cloud (sent as a Bearer token); a local server needs none.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// How long Ollama keeps the model loaded after a request (`5m`, `-1`, `0`).
+    #[serde(default)]
+    pub keep_alive: Option<String>,
+    /// Context window to load the model with (`options.num_ctx`).
+    #[serde(default)]
+    pub num_ctx: Option<u32>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: TimeoutSection,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_ollama_base() -> String {
+    "http://127.0.0.1:11434".into()
 }
 
 fn default_azure_version() -> String {

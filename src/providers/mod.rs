@@ -8,9 +8,10 @@ pub mod anthropic;
 pub mod azure;
 mod client;
 pub mod error;
+mod event_body;
+pub mod ollama;
 pub mod openai;
 pub mod simulated;
-mod sse_body;
 pub mod upstream_status;
 
 use std::pin::Pin;
@@ -110,6 +111,17 @@ pub fn build(spec: &ProviderSpec) -> Arc<dyn Provider> {
             version,
             *max_tokens,
         )),
+        ProviderKind::Ollama {
+            http,
+            keep_alive,
+            num_ctx,
+        } => {
+            let settings = ollama::Settings {
+                keep_alive: keep_alive.clone(),
+                num_ctx: *num_ctx,
+            };
+            Arc::new(ollama::OllamaProvider::new(&spec.name, http.clone(), settings))
+        }
         ProviderKind::Simulated(sim) => Arc::new(simulated::SimulatedProvider::new(sim.clone())),
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Call, Provider, Reply, StreamEvent, UpstreamError};
-use crate::api::embeddings::{EncodingFormat, Input};
+use crate::api::embeddings::{EncodingFormat, Input, base64_f32};
 use crate::api::{ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
 use crate::config::SimulatedSection;
 
@@ -331,35 +331,9 @@ fn embed(input: &[u8], dims: usize) -> Vec<f32> {
     raw.into_iter().map(|x| x / norm).collect()
 }
 
-/// Little-endian f32s in standard base64, as OpenAI's `encoding_format: base64`.
-fn base64_f32(v: &[f32]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base64_matches_known_encodings() {
-        assert_eq!(base64_f32(&[1.0]), "AACAPw==");
-        assert_eq!(base64_f32(&[0.0, 1.0]), "AAAAAAAAgD8=");
-    }
 
     #[test]
     fn embeddings_are_deterministic_unit_vectors() {

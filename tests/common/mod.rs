@@ -54,6 +54,8 @@ pub enum Script {
         done: bool,
         break_after: Option<usize>,
     },
+    /// An NDJSON body (Ollama): each line sent as its own chunk with `\n`.
+    Ndjson { lines: Vec<String>, gap: Duration },
     /// Never answers.
     Hang,
 }
@@ -270,6 +272,22 @@ async fn handle(
             });
             Response::builder()
                 .header("content-type", "text/event-stream")
+                .body(StreamBody::new(body).boxed())
+                .unwrap()
+        }
+        Script::Ndjson { lines, gap } => {
+            let body = stream::unfold((lines.into_iter(), false), move |(mut it, started)| async move {
+                let line = it.next()?;
+                if started {
+                    tokio::time::sleep(gap).await;
+                }
+                Some((
+                    Ok::<_, std::io::Error>(Frame::data(Bytes::from(line + "\n"))),
+                    (it, true),
+                ))
+            });
+            Response::builder()
+                .header("content-type", "application/x-ndjson")
                 .body(StreamBody::new(body).boxed())
                 .unwrap()
         }

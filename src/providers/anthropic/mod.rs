@@ -16,7 +16,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::sse_body::SseBody;
+use super::event_body::SseBody;
 use super::upstream_status;
 use super::{Call, EventStream, Provider, Reply, StreamEvent, UpstreamClient, UpstreamError};
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
@@ -156,7 +156,7 @@ fn relay(body: Incoming, client: UpstreamClient, deadline: Instant) -> EventStre
         finished: bool,
     }
     let state = State {
-        body: SseBody::new(body, client, deadline),
+        body: SseBody::sse(body, client, deadline),
         translator: StreamTranslator::new(),
         pending: Vec::new().into_iter(),
         finished: false,
@@ -170,7 +170,7 @@ fn relay(body: Incoming, client: UpstreamClient, deadline: Instant) -> EventStre
                 return None;
             }
             let data = match s.body.next_event().await {
-                Ok(Some(event)) => event.data,
+                Ok(Some(data)) => data,
                 Ok(None) => {
                     s.finished = true;
                     return Some((Err(s.body.cut_short("`message_stop`")), s));

@@ -14,12 +14,12 @@ use tokio::time::Instant;
 
 use super::errors;
 use crate::api::{ApiError, Usage};
-use crate::providers::sse_body::SseBody;
+use crate::providers::event_body::SseBody;
 use crate::providers::{EventStream, StreamEvent, UpstreamClient, UpstreamError};
 
 pub fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, azure: bool) -> EventStream {
     let state = Relay {
-        body: SseBody::new(body, client, deadline),
+        body: SseBody::sse(body, client, deadline),
         azure,
         finished: false,
     };
@@ -46,7 +46,7 @@ impl Relay {
             let data = match self.body.next_event().await {
                 Err(e) => return Some(Err(e)),
                 Ok(None) => return Some(Err(self.body.cut_short("`data: [DONE]`"))),
-                Ok(Some(event)) => event.data,
+                Ok(Some(data)) => data,
             };
             if &data[..] == b"[DONE]" {
                 self.body.finish();

@@ -1,0 +1,145 @@
+//! Reading an upstream's streamed body event by event (SSE or NDJSON): the
+//! byte-safe decoder, the idle and total timeouts, a bound on event size,
+//! and, once the answer is complete, draining what follows off the request
+//! path so the connection goes back to the pool instead of being closed.
+
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{UpstreamClient, UpstreamError};
+use bytes::Bytes;
+
+use crate::stream::{NdjsonDecoder, SseDecoder};
+
+/// How a stream's bytes split into events.
+pub trait Framing: Send {
+    fn push(&mut self, chunk: &[u8]);
+    /// The next complete event's payload.
+    fn next(&mut self) -> Result<Option<Bytes>, String>;
+    /// What is left when the body ends (NDJSON's last line may lack its `\n`).
+    fn rest(&mut self) -> Option<Bytes> {
+        None
+    }
+}
+
+impl Framing for SseDecoder {
+    fn push(&mut self, chunk: &[u8]) {
+        SseDecoder::push(self, chunk);
+    }
+    fn next(&mut self) -> Result<Option<Bytes>, String> {
+        self.next_event().map(|e| e.map(|e| e.data)).map_err(|e| e.to_string())
+    }
+}
+
+impl Framing for NdjsonDecoder {
+    fn push(&mut self, chunk: &[u8]) {
+        NdjsonDecoder::push(self, chunk);
+    }
+    fn next(&mut self) -> Result<Option<Bytes>, String> {
+        self.next_line().map_err(|e| e.to_string())
+    }
+    fn rest(&mut self) -> Option<Bytes> {
+        NdjsonDecoder::rest(self)
+    }
+}
+
+pub type SseBody = EventBody<SseDecoder>;
+pub type NdjsonBody = EventBody<NdjsonDecoder>;
+
+/// Largest single stream event: bounds memory per stream.
+const MAX_EVENT_BYTES: usize = 4 << 20;
+/// After the last event, how long and how much to read so the connection can be reused.
+const DRAIN_TIME: Duration = Duration::from_secs(1);
+const DRAIN_BYTES: usize = 64 << 10;
+
+pub struct EventBody<F> {
+    /// `None` once handed to the drain task.
+    body: Option<Incoming>,
+    decoder: F,
+    client: UpstreamClient,
+    deadline: Instant,
+}
+
+impl EventBody<SseDecoder> {
+    pub fn sse(body: Incoming, client: UpstreamClient, deadline: Instant) -> Self {
+        EventBody {
+            body: Some(body),
+            decoder: SseDecoder::new(MAX_EVENT_BYTES),
+            client,
+            deadline,
+        }
+    }
+}
+
+impl EventBody<NdjsonDecoder> {
+    pub fn ndjson(body: Incoming, client: UpstreamClient, deadline: Instant) -> Self {
+        EventBody {
+            body: Some(body),
+            decoder: NdjsonDecoder::new(MAX_EVENT_BYTES),
+            client,
+            deadline,
+        }
+    }
+}
+
+impl<F: Framing> EventBody<F> {
+    pub fn provider(&self) -> &str {
+        self.client.provider()
+    }
+
+    /// The next event's payload; `Ok(None)` when the body ended.
+    pub async fn next_event(&mut self) -> Result<Option<Bytes>, UpstreamError> {
+        loop {
+            match self.decoder.next() {
+                Err(e) => return Err(self.protocol(&e)),
+                Ok(Some(event)) => return Ok(Some(event)),
+                Ok(None) => {
+                    let Some(body) = self.body.as_mut() else {
+                        return Ok(self.decoder.rest());
+                    };
+                    match self.client.next_chunk(body, self.deadline).await? {
+                        Some(bytes) => self.decoder.push(&bytes),
+                        None => {
+                            self.body = None;
+                            return Ok(self.decoder.rest());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The answer is complete: read what follows (normally just the end of
+    /// the chunked body) in the background, so the connection is reused.
+    pub fn finish(&mut self) {
+        let Some(mut body) = self.body.take() else { return };
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + DRAIN_TIME;
+            let mut read = 0;
+            while let Ok(Some(chunk)) = client.next_chunk(&mut body, deadline).await {
+                read += chunk.len();
+                if read > DRAIN_BYTES {
+                    break;
+                }
+            }
+        });
+    }
+
+    pub fn protocol(&self, detail: &str) -> UpstreamError {
+        UpstreamError::Protocol {
+            provider: self.provider().to_owned(),
+            detail: detail.to_owned(),
+        }
+    }
+
+    /// The body ended before the answer was complete.
+    pub fn cut_short(&self, what: &str) -> UpstreamError {
+        UpstreamError::Dropped {
+            provider: self.provider().to_owned(),
+            detail: format!("the stream ended without {what}"),
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! Ollama's native API: `/api/chat` (NDJSON streams) and `/api/embed`,
+//! translated both ways. For Ollama's OpenAI-compatible `/v1`, use
+//! `kind: openai` instead.
+
+mod translate;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::event_body::NdjsonBody;
+use super::upstream_status;
+use super::{Call, EventStream, Provider, Reply, StreamEvent, UpstreamClient, UpstreamError};
+use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
+use crate::config::{HttpSpec, KeyState};
+pub use translate::Settings;
+use translate::{Step, StreamTranslator};
+
+const MAX_ANSWER_BYTES: usize = 64 << 20;
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+pub struct OllamaProvider {
+    client: UpstreamClient,
+    spec: HttpSpec,
+    chat_uri: Option<Uri>,
+    embed_uri: Option<Uri>,
+    settings: Settings,
+    /// `Authorization: Bearer` for Ollama's cloud; local servers need none.
+    auth: Option<HeaderValue>,
+}
+
+impl OllamaProvider {
+    pub fn new(name: &str, spec: HttpSpec, settings: Settings) -> Self {
+        let auth = match &spec.key {
+            KeyState::Set(k) => HeaderValue::from_str(&format!("Bearer {}", k.expose()))
+                .ok()
+                .map(|mut v| {
+                    v.set_sensitive(true);
+                    v
+                }),
+            _ => None,
+        };
+        OllamaProvider {
+            client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
+            chat_uri: format!("{}/api/chat", spec.base_url).parse().ok(),
+            embed_uri: format!("{}/api/embed", spec.base_url).parse().ok(),
+            spec,
+            settings,
+            auth,
+        }
+    }
+
+    fn name(&self) -> &str {
+        self.client.provider()
+    }
+
+    fn protocol(&self, detail: String) -> UpstreamError {
+        UpstreamError::Protocol {
+            provider: self.name().to_owned(),
+            detail,
+        }
+    }
+
+    async fn send(
+        &self,
+        call: &Call<'_>,
+        uri: Option<&Uri>,
+        body: &serde_json::Value,
+        stream: bool,
+    ) -> Result<(hyper::http::response::Parts, Incoming, Instant), UpstreamError> {
+        if let KeyState::Missing(vars) = &self.spec.key {
+            return Err(UpstreamError::NotConfigured(format!(
+                "provider `{}` has no API key: set {} in the gateway's environment",
+                self.name(),
+                vars.join(", ")
+            )));
+        }
+        let uri = uri
+            .cloned()
+            .ok_or_else(|| UpstreamError::NotConfigured(format!("provider `{}` has no usable URL", self.name())))?;
+        let body = serde_json::to_vec(body).map_err(|e| self.protocol(e.to_string()))?;
+        let mut req = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .body(Full::new(Bytes::from(body)))
+            .expect("static parts are valid");
+        let headers = req.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            ACCEPT,
+            HeaderValue::from_static(if stream {
+                "application/x-ndjson"
+            } else {
+                "application/json"
+            }),
+        );
+        for (name, value) in &self.spec.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(auth) = &self.auth {
+            headers.insert(AUTHORIZATION, auth.clone());
+        }
+        headers.insert("x-request-id", call.request_id.clone());
+        let deadline = self.client.total_deadline();
+        let resp = self.client.send(req, deadline, stream).await?;
+        let (parts, body) = resp.into_parts();
+        if !parts.status.is_success() {
+            let raw = self
+                .client
+                .read_body(body, MAX_ERROR_BYTES, deadline)
+                .await
+                .unwrap_or_default();
+            return Err(UpstreamError::Status {
+                error: self.translate_error(parts.status, &parts.headers, &raw),
+            });
+        }
+        Ok((parts, body, deadline))
+    }
+
+    /// Ollama's `{"error": "..."}` → the client's error; a missing model is a 404 `model_not_found`.
+    fn translate_error(&self, status: StatusCode, headers: &HeaderMap, raw: &[u8]) -> ApiError {
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            return ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                ErrorKind::Upstream,
+                format!(
+                    "provider `{}` rejected the gateway's credentials (upstream status {})",
+                    self.name(),
+                    status.as_u16()
+                ),
+            )
+            .with_code("upstream_auth_failed");
+        }
+        let message = translate::error_message(raw)
+            .unwrap_or_else(|| format!("provider `{}` answered status {}", self.name(), status.as_u16()));
+        let mut error = ApiError::new(upstream_status::client_status(status), ErrorKind::Upstream, message);
+        if status == StatusCode::NOT_FOUND {
+            error = error.with_code("model_not_found").with_param("model");
+            error.kind = ErrorKind::InvalidRequest.as_str().to_owned();
+        }
+        error.retry_after = upstream_status::retry_after(headers);
+        error
+    }
+}
+
+fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, request_id: &str) -> EventStream {
+    struct State {
+        body: NdjsonBody,
+        translator: StreamTranslator,
+        pending: std::vec::IntoIter<StreamEvent>,
+        finished: bool,
+    }
+    let state = State {
+        body: NdjsonBody::ndjson(body, client, deadline),
+        translator: StreamTranslator::new(request_id),
+        pending: Vec::new().into_iter(),
+        finished: false,
+    };
+    Box::pin(stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(event) = s.pending.next() {
+                return Some((Ok(event), s));
+            }
+            if s.finished {
+                return None;
+            }
+            let line = match s.body.next_event().await {
+                Ok(Some(line)) => line,
+                Ok(None) => {
+                    s.finished = true;
+                    return Some((Err(s.body.cut_short("its `\"done\": true` line")), s));
+                }
+                Err(e) => {
+                    s.finished = true;
+                    return Some((Err(e), s));
+                }
+            };
+            match s.translator.step(&line) {
+                Ok(Step::Emit(events)) => s.pending = events.into_iter(),
+                Ok(Step::Done(events)) => {
+                    s.body.finish();
+                    s.finished = true;
+                    s.pending = events.into_iter();
+                }
+                Ok(Step::Failed(message)) => {
+                    s.finished = true;
+                    let error = ApiError::new(StatusCode::BAD_GATEWAY, ErrorKind::Upstream, message);
+                    return Some((Err(UpstreamError::Status { error }), s));
+                }
+                Err(_) => {
+                    s.finished = true;
+                    return Some((Err(s.body.protocol("a stream line is not valid JSON")), s));
+                }
+            }
+        }
+    }))
+}
+
+#[async_trait]
+impl Provider for OllamaProvider {
+    async fn chat(&self, call: Call<'_>, req: ChatRequest) -> Result<Reply, UpstreamError> {
+        let stream = req.is_stream();
+        let body = translate::to_chat_request(&req, call.upstream_model, &self.settings)
+            .map_err(|error| UpstreamError::Status { error })?;
+        let (_, incoming, deadline) = self.send(&call, self.chat_uri.as_ref(), &body, stream).await?;
+        let request_id = call.request_id.to_str().unwrap_or("-");
+        if stream {
+            return Ok(Reply::Stream(relay(
+                incoming,
+                self.client.clone(),
+                deadline,
+                request_id,
+            )));
+        }
+        let raw = self.client.read_body(incoming, MAX_ANSWER_BYTES, deadline).await?;
+        let (body, usage) = translate::to_chat_completion(&raw, request_id)
+            .map_err(|e| self.protocol(format!("not an /api/chat answer: {e}")))?;
+        Ok(Reply::Complete {
+            body,
+            usage: Some(usage),
+        })
+    }
+
+    async fn completions(&self, _call: Call<'_>, _req: CompletionRequest) -> Result<Reply, UpstreamError> {
+        Err(UpstreamError::Status {
+            error: ApiError::bad_request(format!(
+                "provider `{}` (Ollama native) serves chat and embeddings; use chat completions",
+                self.name()
+            ))
+            .with_param("model")
+            .with_code("unsupported_endpoint"),
+        })
+    }
+
+    async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
+        let body = translate::to_embed_request(&req, call.upstream_model, &self.settings);
+        let (_, incoming, deadline) = self.send(&call, self.embed_uri.as_ref(), &body, false).await?;
+        let raw = self.client.read_body(incoming, MAX_ANSWER_BYTES, deadline).await?;
+        let (body, usage) = translate::to_embeddings(&raw, req.encoding_format)
+            .map_err(|e| self.protocol(format!("not an /api/embed answer: {e}")))?;
+        Ok(Reply::Complete {
+            body,
+            usage: Some(usage),
+        })
+    }
+}
