@@ -172,6 +172,18 @@ async fn failures_during_a_stream_end_it_with_an_error_event() {
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(last["error"]["type"], "overloaded_error");
 
+    // An error as the very first event is still an HTTP error, with the status its type means.
+    mock.push(Script::Stream {
+        events: vec![
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).to_string(),
+        ],
+        gap: Duration::ZERO,
+        done: false,
+        break_after: None,
+    });
+    let resp = post(&gw, "/v1/chat/completions", &req).await;
+    assert_eq!(resp.status(), 503);
+
     let mut cut = anthropic_events("anthropic/messages_stream.sse");
     cut.truncate(4);
     mock.push(Script::Stream {

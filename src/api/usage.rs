@@ -31,7 +31,7 @@ impl Usage {
 /// Metering must never fail an answer: a count that is `null`, fractional,
 /// negative or a string (some compatible servers send each) reads as what it
 /// plausibly means, or 0. No allocation on the way.
-fn lenient_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+pub(crate) fn lenient_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     struct Count;
     impl<'de> Visitor<'de> for Count {
         type Value = u64;

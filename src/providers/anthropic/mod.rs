@@ -128,7 +128,7 @@ impl AnthropicProvider {
         };
         let message = message.map_or_else(
             || format!("provider `{}` answered status {}", self.name(), status.as_u16()),
-            str::to_owned,
+            |m| scrub(&self.spec.key, m),
         );
         let mut error = ApiError::new(status, ErrorKind::Upstream, message);
         if let Some(kind) = kind {
@@ -140,6 +140,26 @@ impl AnthropicProvider {
     }
 }
 
+/// The status a client sees for an Anthropic error type (used for errors
+/// that arrive inside a stream, which have no HTTP status of their own).
+fn status_for(kind: Option<&str>) -> StatusCode {
+    match kind {
+        Some("invalid_request_error") => StatusCode::BAD_REQUEST,
+        Some("rate_limit_error") => StatusCode::TOO_MANY_REQUESTS,
+        Some("overloaded_error") => StatusCode::SERVICE_UNAVAILABLE,
+        Some("timeout_error") => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// Removes the provider's key from text an upstream wrote, should it appear.
+fn scrub(key: &KeyState, message: &str) -> String {
+    match key {
+        KeyState::Set(k) if k.expose().len() >= 8 => message.replace(k.expose(), "[redacted]"),
+        _ => message.to_owned(),
+    }
+}
+
 fn error_parts(body: &Value) -> (Option<&str>, Option<&str>) {
     let error = body.get("error");
     (
@@ -148,18 +168,21 @@ fn error_parts(body: &Value) -> (Option<&str>, Option<&str>) {
     )
 }
 
-fn relay(body: Incoming, client: UpstreamClient, deadline: Instant) -> EventStream {
+fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, key: KeyState) -> EventStream {
     struct State {
         body: SseBody,
         translator: StreamTranslator,
         pending: std::vec::IntoIter<StreamEvent>,
         finished: bool,
+        /// The provider's key, to scrub from error text.
+        key: KeyState,
     }
     let state = State {
         body: SseBody::sse(body, client, deadline),
         translator: StreamTranslator::new(),
         pending: Vec::new().into_iter(),
         finished: false,
+        key,
     };
     Box::pin(stream::unfold(state, |mut s| async move {
         loop {
@@ -190,11 +213,8 @@ fn relay(body: Incoming, client: UpstreamClient, deadline: Instant) -> EventStre
                 Ok(Step::Failed(event)) => {
                     s.finished = true;
                     let (kind, message) = error_parts(&event);
-                    let mut error = ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        ErrorKind::Upstream,
-                        message.unwrap_or("the upstream failed during the stream"),
-                    );
+                    let message = scrub(&s.key, message.unwrap_or("the upstream failed during the stream"));
+                    let mut error = ApiError::new(status_for(kind), ErrorKind::Upstream, message);
                     if let Some(kind) = kind {
                         kind.clone_into(&mut error.kind);
                         error.code = Some(kind.to_owned());
@@ -245,8 +265,35 @@ impl Provider for AnthropicProvider {
                 error: self.translate_error(status, &parts.headers, &raw),
             });
         }
+        let is_sse = parts
+            .headers
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        if stream && is_sse {
+            return Ok(Reply::Stream(relay(
+                body,
+                self.client.clone(),
+                deadline,
+                self.spec.key.clone(),
+            )));
+        }
         if stream {
-            return Ok(Reply::Stream(relay(body, self.client.clone(), deadline)));
+            // A JSON answer to a streamed request is an error body or a broken server.
+            let raw = self
+                .client
+                .read_body(body, MAX_ERROR_BYTES, deadline)
+                .await
+                .unwrap_or_default();
+            return Err(match serde_json::from_slice::<Value>(&raw) {
+                Ok(v) if v.get("error").is_some() => UpstreamError::Status {
+                    error: self.translate_error(StatusCode::BAD_GATEWAY, &parts.headers, &raw),
+                },
+                _ => UpstreamError::Protocol {
+                    provider: self.name().to_owned(),
+                    detail: "a streamed request was answered without an event stream".into(),
+                },
+            });
         }
         let raw = self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await?;
         let (body, usage) = response::to_chat_completion(&raw).map_err(|e| UpstreamError::Protocol {

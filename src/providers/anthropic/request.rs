@@ -298,9 +298,15 @@ fn tool_choice(req: &ChatRequest) -> Result<Option<Value>, ApiError> {
             }
         },
     };
+    // Anthropic takes `tool_choice` only with tools, and the parallel switch on none of `none`.
+    if req.tools.as_ref().is_none_or(|t| t.is_empty()) {
+        return Ok(None);
+    }
     if req.extra.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
         let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
-        c["disable_parallel_tool_use"] = json!(true);
+        if c["type"] != "none" {
+            c["disable_parallel_tool_use"] = json!(true);
+        }
     }
     Ok(choice)
 }
@@ -343,6 +349,22 @@ mod tests {
         assert_eq!(got["stop_sequences"], json!(["END"]));
         assert_eq!(got["metadata"], json!({"user_id": "u1"}));
         assert!(got.get("stream").is_none());
+        let no_tools = request(
+            r#"{"model":"c","messages":[{"role":"user","content":"x"}],"tool_choice":"auto","parallel_tool_calls":false}"#,
+        );
+        assert!(
+            to_messages_request(&no_tools, "m", 1)
+                .unwrap()
+                .get("tool_choice")
+                .is_none(),
+            "no tools, no tool_choice"
+        );
+        let named = request(
+            r#"{"model":"c","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}],"tool_choice":{"type":"function","function":{"name":"f"}},"max_tokens":5,"max_completion_tokens":7}"#,
+        );
+        let got = to_messages_request(&named, "m", 1).unwrap();
+        assert_eq!(got["tool_choice"], json!({"type": "tool", "name": "f"}));
+        assert_eq!(got["max_tokens"], 7, "max_completion_tokens wins");
     }
 
     #[test]

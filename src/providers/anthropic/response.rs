@@ -15,14 +15,19 @@ use crate::providers::StreamEvent;
 /// breakpoint, so the prompt is input + cache reads + cache writes.
 #[derive(Debug, Default, Clone, Copy, Deserialize)]
 pub struct AnthropicUsage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     input_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     output_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     cache_creation_input_tokens: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     cache_read_input_tokens: Option<u64>,
+}
+
+/// Metering never fails an answer: odd counts read leniently.
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    crate::api::usage::lenient_count(d).map(Some)
 }
 
 impl AnthropicUsage {
@@ -35,10 +40,17 @@ impl AnthropicUsage {
     }
 
     pub fn to_usage(self) -> Usage {
-        let prompt = self.input_tokens.unwrap_or(0)
-            + self.cache_read_input_tokens.unwrap_or(0)
-            + self.cache_creation_input_tokens.unwrap_or(0);
-        Usage::new(prompt, self.output_tokens.unwrap_or(0))
+        let prompt = self
+            .input_tokens
+            .unwrap_or(0)
+            .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
+            .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
+        let completion = self.output_tokens.unwrap_or(0);
+        Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt.saturating_add(completion),
+        }
     }
 
     fn to_openai(self) -> Value {
@@ -68,6 +80,9 @@ fn now() -> u64 {
 
 #[derive(Deserialize)]
 struct Message {
+    /// Must be `message`: anything else is not a Messages answer.
+    #[serde(rename = "type")]
+    kind: String,
     #[serde(default)]
     id: String,
     #[serde(default)]
@@ -83,6 +98,12 @@ struct Message {
 /// A complete Messages answer as an OpenAI `chat.completion`, with its usage.
 pub fn to_chat_completion(raw: &[u8]) -> Result<(Bytes, Usage), serde_json::Error> {
     let m: Message = serde_json::from_slice(raw)?;
+    if m.kind != "message" {
+        return Err(serde::de::Error::custom(format!(
+            "`type` is `{}`, not `message`",
+            m.kind
+        )));
+    }
     let mut text = String::new();
     let mut tool_calls = Vec::new();
     for block in &m.content {
@@ -131,8 +152,11 @@ pub struct StreamTranslator {
     model: String,
     created: u64,
     usage: AnthropicUsage,
-    /// OpenAI's `tool_calls[].index` for each Anthropic content block index that is a tool call.
-    tool_indexes: Vec<(u64, usize)>,
+    /// For each Anthropic content block that is a tool call: its block index,
+    /// its OpenAI `tool_calls[].index`, and whether any argument text came.
+    tool_indexes: Vec<(u64, usize, bool)>,
+    /// A finish chunk was sent (`message_delta`).
+    finished: bool,
 }
 
 impl StreamTranslator {
@@ -179,12 +203,13 @@ impl StreamTranslator {
                     return Ok(Step::Emit(Vec::new()));
                 }
                 let position = self.tool_indexes.len();
-                self.tool_indexes.push((index, position));
+                self.tool_indexes.push((index, position, false));
                 let call = json!([{"index": position, "id": block.get("id"), "type": "function", "function": {"name": block.get("name"), "arguments": ""}}]);
                 Step::Emit(vec![self.chunk(
                     json!({"content": null, "tool_calls": call}),
                     None,
-                    true,
+                    // The name alone is not generated content: TTFT waits for text or arguments.
+                    false,
                 )])
             }
             "content_block_delta" => {
@@ -196,10 +221,11 @@ impl StreamTranslator {
                     }
                     Some("input_json_delta") => {
                         let piece = delta.get("partial_json").and_then(Value::as_str).unwrap_or("");
-                        let position = self.tool_indexes.iter().find(|(i, _)| *i == index).map(|(_, p)| *p);
-                        match position {
-                            Some(p) if !piece.is_empty() => {
-                                let call = json!([{"index": p, "function": {"arguments": piece}}]);
+                        let slot = self.tool_indexes.iter_mut().find(|(i, _, _)| *i == index);
+                        match slot {
+                            Some((_, p, sent)) if !piece.is_empty() => {
+                                *sent = true;
+                                let call = json!([{"index": *p, "function": {"arguments": piece}}]);
                                 Step::Emit(vec![self.chunk(json!({"tool_calls": call}), None, true)])
                             }
                             _ => Step::Emit(Vec::new()),
@@ -217,18 +243,35 @@ impl StreamTranslator {
                     .get("delta")
                     .and_then(|d| d.get("stop_reason"))
                     .and_then(Value::as_str);
+                self.finished = true;
                 Step::Emit(vec![self.chunk(json!({}), Some(finish_reason(stop)), false)])
             }
+            "content_block_stop" => {
+                // A tool call whose arguments never came has empty arguments: `{}`, not "".
+                match self.tool_indexes.iter_mut().find(|(i, _, _)| *i == index) {
+                    Some((_, p, sent)) if !*sent => {
+                        *sent = true;
+                        let call = json!([{"index": *p, "function": {"arguments": "{}"}}]);
+                        Step::Emit(vec![self.chunk(json!({"tool_calls": call}), None, false)])
+                    }
+                    _ => Step::Emit(Vec::new()),
+                }
+            }
             "message_stop" => {
+                let mut out = Vec::new();
+                if !self.finished {
+                    out.push(self.chunk(json!({}), Some("stop"), false));
+                }
                 let usage = self.usage.to_usage();
                 let body = json!({
                     "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                     "choices": [], "usage": self.usage.to_openai(),
                 });
-                Step::Done(vec![StreamEvent::usage(Bytes::from(serde_json::to_vec(&body)?), usage)])
+                out.push(StreamEvent::usage(Bytes::from(serde_json::to_vec(&body)?), usage));
+                Step::Done(out)
             }
             "error" => Step::Failed(event),
-            // ping, content_block_stop, and event types added later.
+            // ping, and event types added later.
             _ => Step::Emit(Vec::new()),
         })
     }
@@ -293,7 +336,7 @@ mod tests {
 
     #[test]
     fn cache_reads_and_writes_count_as_prompt_tokens() {
-        let raw = br#"{"id":"m","model":"c","content":[],"stop_reason":"max_tokens","usage":{"input_tokens":10,"cache_read_input_tokens":100,"cache_creation_input_tokens":5,"output_tokens":7}}"#;
+        let raw = br#"{"type":"message","id":"m","model":"c","content":[],"stop_reason":"max_tokens","usage":{"input_tokens":10,"cache_read_input_tokens":100,"cache_creation_input_tokens":5,"output_tokens":7}}"#;
         let (body, usage) = to_chat_completion(raw).unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(usage, Usage::new(115, 7));
@@ -355,6 +398,65 @@ mod tests {
             .filter_map(|c| c["choices"][0]["finish_reason"].as_str())
             .collect();
         assert_eq!(finish, ["tool_calls"]);
+    }
+
+    #[test]
+    fn a_tool_call_without_arguments_gets_an_empty_object() {
+        let mut t = StreamTranslator::new();
+        let steps = [
+            r#"{"type":"message_start","message":{"id":"m","model":"c","usage":{"input_tokens":3}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"tool_use","id":"toolu_1","name":"now","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"message_stop"}"#,
+        ];
+        let mut arguments = String::new();
+        let mut finish = Vec::new();
+        for s in steps {
+            let (Step::Emit(events) | Step::Done(events)) = t.step(s.as_bytes()).unwrap() else {
+                panic!()
+            };
+            for e in events {
+                let v: Value = serde_json::from_slice(&e.data).unwrap();
+                arguments.push_str(
+                    v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                        .as_str()
+                        .unwrap_or(""),
+                );
+                finish.extend(v["choices"][0]["finish_reason"].as_str().map(str::to_owned));
+            }
+        }
+        assert_eq!(arguments, "{}");
+        assert_eq!(finish, ["stop"], "a finish chunk even without message_delta");
+        assert!(to_chat_completion(br#"{"error":"not a message"}"#).is_err());
+    }
+
+    #[test]
+    fn the_raw_event_stream_decodes_and_translates_at_any_split() {
+        let raw = include_bytes!("../../../tests/fixtures/anthropic/messages_stream_tool_use.sse");
+        let translate = |split: usize| {
+            let mut decoder = crate::stream::SseDecoder::new(1 << 20);
+            let mut t = StreamTranslator::new();
+            let mut out = Vec::new();
+            for chunk in raw.chunks(split) {
+                decoder.push(chunk);
+                while let Some(event) = decoder.next_event().unwrap() {
+                    if let Step::Emit(events) | Step::Done(events) = t.step(&event.data).unwrap() {
+                        out.extend(
+                            events
+                                .into_iter()
+                                .map(|e| serde_json::from_slice::<Value>(&e.data).unwrap()["choices"].clone()),
+                        );
+                    }
+                }
+            }
+            out
+        };
+        let whole = translate(raw.len());
+        assert!(whole.len() > 5);
+        for split in [1, 3, 17] {
+            assert_eq!(translate(split), whole, "split every {split} bytes");
+        }
     }
 
     #[test]
