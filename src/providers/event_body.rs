@@ -8,7 +8,10 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::{UpstreamClient, UpstreamError};
+use futures_util::stream;
+
+use super::{EventStream, StreamEvent, UpstreamClient, UpstreamError};
+use crate::api::ApiError;
 use bytes::Bytes;
 
 use crate::stream::{NdjsonDecoder, SseDecoder};
@@ -142,4 +145,72 @@ impl<F: Framing> EventBody<F> {
             detail: format!("the stream ended without {what}"),
         }
     }
+}
+
+/// What one upstream event becomes, in a translating provider.
+pub enum Step {
+    /// One chunk (the pass-through case, without a Vec per event).
+    One(StreamEvent),
+    Emit(Vec<StreamEvent>),
+    /// The answer is complete; these are its last chunks.
+    Done(Vec<StreamEvent>),
+    /// The upstream reported a failure.
+    Failed(ApiError),
+    /// The event is not the upstream's protocol.
+    Invalid(String),
+}
+
+/// A provider's stream translation, one upstream event at a time.
+pub trait Translate: Send + 'static {
+    /// What a complete stream ends with, named in the error when it ends early.
+    const END: &'static str;
+    fn step(&mut self, data: Bytes) -> Step;
+}
+
+/// Drives a translator over an upstream body: one canonical stream, ending
+/// with an error when the upstream fails, breaks its protocol or stops early.
+pub fn translated<F: Framing + 'static, T: Translate>(body: EventBody<F>, translator: T) -> EventStream {
+    struct State<F, T> {
+        body: EventBody<F>,
+        translator: T,
+        pending: std::vec::IntoIter<StreamEvent>,
+        finished: bool,
+    }
+    let state = State {
+        body,
+        translator,
+        pending: Vec::new().into_iter(),
+        finished: false,
+    };
+    Box::pin(stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(event) = s.pending.next() {
+                return Some((Ok(event), s));
+            }
+            if s.finished {
+                return None;
+            }
+            let failure = match s.body.next_event().await {
+                Ok(Some(data)) => match s.translator.step(data) {
+                    Step::One(event) => return Some((Ok(event), s)),
+                    Step::Emit(events) => {
+                        s.pending = events.into_iter();
+                        continue;
+                    }
+                    Step::Done(events) => {
+                        s.body.finish();
+                        s.finished = true;
+                        s.pending = events.into_iter();
+                        continue;
+                    }
+                    Step::Failed(error) => UpstreamError::Status { error },
+                    Step::Invalid(detail) => s.body.protocol(&detail),
+                },
+                Ok(None) => s.body.cut_short(T::END),
+                Err(e) => e,
+            };
+            s.finished = true;
+            return Some((Err(failure), s));
+        }
+    }))
 }

@@ -8,7 +8,6 @@ mod response;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::stream;
 use http::header::{ACCEPT, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::Full;
@@ -16,9 +15,9 @@ use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::event_body::SseBody;
+use super::event_body::{self, SseBody, Translate};
 use super::upstream_status;
-use super::{Call, EventStream, Provider, Reply, StreamEvent, UpstreamClient, UpstreamError};
+use super::{Call, EventStream, Provider, Reply, UpstreamClient, UpstreamError};
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
 use crate::config::{HttpSpec, KeyState};
 use response::{Step, StreamTranslator};
@@ -168,66 +167,43 @@ fn error_parts(body: &Value) -> (Option<&str>, Option<&str>) {
     )
 }
 
-fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, key: KeyState) -> EventStream {
-    struct State {
-        body: SseBody,
-        translator: StreamTranslator,
-        pending: std::vec::IntoIter<StreamEvent>,
-        finished: bool,
-        /// The provider's key, to scrub from error text.
-        key: KeyState,
-    }
-    let state = State {
-        body: SseBody::sse(body, client, deadline),
-        translator: StreamTranslator::new(),
-        pending: Vec::new().into_iter(),
-        finished: false,
-        key,
-    };
-    Box::pin(stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(event) = s.pending.next() {
-                return Some((Ok(event), s));
+/// Anthropic's stream translation, for the shared stream driver.
+struct AnthropicStream {
+    translator: StreamTranslator,
+    /// The provider's key, to scrub from error text.
+    key: KeyState,
+}
+
+impl Translate for AnthropicStream {
+    const END: &'static str = "`message_stop`";
+
+    fn step(&mut self, data: Bytes) -> event_body::Step {
+        match self.translator.step(&data) {
+            Ok(Step::Emit(events)) => event_body::Step::Emit(events),
+            Ok(Step::Done(events)) => event_body::Step::Done(events),
+            Ok(Step::Failed(event)) => {
+                let (kind, message) = error_parts(&event);
+                let message = scrub(&self.key, message.unwrap_or("the upstream failed during the stream"));
+                let mut error = ApiError::new(status_for(kind), ErrorKind::Upstream, message);
+                if let Some(kind) = kind {
+                    kind.clone_into(&mut error.kind);
+                    error.code = Some(kind.to_owned());
+                }
+                event_body::Step::Failed(error)
             }
-            if s.finished {
-                return None;
-            }
-            let data = match s.body.next_event().await {
-                Ok(Some(data)) => data,
-                Ok(None) => {
-                    s.finished = true;
-                    return Some((Err(s.body.cut_short("`message_stop`")), s));
-                }
-                Err(e) => {
-                    s.finished = true;
-                    return Some((Err(e), s));
-                }
-            };
-            match s.translator.step(&data) {
-                Ok(Step::Emit(events)) => s.pending = events.into_iter(),
-                Ok(Step::Done(events)) => {
-                    s.body.finish();
-                    s.finished = true;
-                    s.pending = events.into_iter();
-                }
-                Ok(Step::Failed(event)) => {
-                    s.finished = true;
-                    let (kind, message) = error_parts(&event);
-                    let message = scrub(&s.key, message.unwrap_or("the upstream failed during the stream"));
-                    let mut error = ApiError::new(status_for(kind), ErrorKind::Upstream, message);
-                    if let Some(kind) = kind {
-                        kind.clone_into(&mut error.kind);
-                        error.code = Some(kind.to_owned());
-                    }
-                    return Some((Err(UpstreamError::Status { error }), s));
-                }
-                Err(_) => {
-                    s.finished = true;
-                    return Some((Err(s.body.protocol("a stream event is not valid JSON")), s));
-                }
-            }
+            Err(_) => event_body::Step::Invalid("a stream event is not valid JSON".into()),
         }
-    }))
+    }
+}
+
+fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, key: KeyState) -> EventStream {
+    event_body::translated(
+        SseBody::sse(body, client, deadline),
+        AnthropicStream {
+            translator: StreamTranslator::new(),
+            key,
+        },
+    )
 }
 
 fn no_endpoint(provider: &str, what: &str) -> UpstreamError {

@@ -6,16 +6,15 @@ mod translate;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures_util::stream;
 use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::event_body::NdjsonBody;
+use super::event_body::{self, NdjsonBody, Translate};
 use super::upstream_status;
-use super::{Call, EventStream, Provider, Reply, StreamEvent, UpstreamClient, UpstreamError};
+use super::{Call, EventStream, Provider, Reply, UpstreamClient, UpstreamError};
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
 use crate::config::{HttpSpec, KeyState};
 pub use translate::Settings;
@@ -148,57 +147,29 @@ impl OllamaProvider {
     }
 }
 
-fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, request_id: &str) -> EventStream {
-    struct State {
-        body: NdjsonBody,
-        translator: StreamTranslator,
-        pending: std::vec::IntoIter<StreamEvent>,
-        finished: bool,
-    }
-    let state = State {
-        body: NdjsonBody::ndjson(body, client, deadline),
-        translator: StreamTranslator::new(request_id),
-        pending: Vec::new().into_iter(),
-        finished: false,
-    };
-    Box::pin(stream::unfold(state, |mut s| async move {
-        loop {
-            if let Some(event) = s.pending.next() {
-                return Some((Ok(event), s));
+/// Ollama's stream translation, for the shared stream driver.
+struct OllamaStream(StreamTranslator);
+
+impl Translate for OllamaStream {
+    const END: &'static str = "its `\"done\": true` line";
+
+    fn step(&mut self, line: Bytes) -> event_body::Step {
+        match self.0.step(&line) {
+            Ok(Step::Emit(events)) => event_body::Step::Emit(events),
+            Ok(Step::Done(events)) => event_body::Step::Done(events),
+            Ok(Step::Failed(message)) => {
+                event_body::Step::Failed(ApiError::new(StatusCode::BAD_GATEWAY, ErrorKind::Upstream, message))
             }
-            if s.finished {
-                return None;
-            }
-            let line = match s.body.next_event().await {
-                Ok(Some(line)) => line,
-                Ok(None) => {
-                    s.finished = true;
-                    return Some((Err(s.body.cut_short("its `\"done\": true` line")), s));
-                }
-                Err(e) => {
-                    s.finished = true;
-                    return Some((Err(e), s));
-                }
-            };
-            match s.translator.step(&line) {
-                Ok(Step::Emit(events)) => s.pending = events.into_iter(),
-                Ok(Step::Done(events)) => {
-                    s.body.finish();
-                    s.finished = true;
-                    s.pending = events.into_iter();
-                }
-                Ok(Step::Failed(message)) => {
-                    s.finished = true;
-                    let error = ApiError::new(StatusCode::BAD_GATEWAY, ErrorKind::Upstream, message);
-                    return Some((Err(UpstreamError::Status { error }), s));
-                }
-                Err(_) => {
-                    s.finished = true;
-                    return Some((Err(s.body.protocol("a stream line is not valid JSON")), s));
-                }
-            }
+            Err(_) => event_body::Step::Invalid("a stream line is not valid JSON".into()),
         }
-    }))
+    }
+}
+
+fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, request_id: &str) -> EventStream {
+    event_body::translated(
+        NdjsonBody::ndjson(body, client, deadline),
+        OllamaStream(StreamTranslator::new(request_id)),
+    )
 }
 
 #[async_trait]

@@ -4,7 +4,6 @@
 use std::sync::LazyLock;
 
 use bytes::Bytes;
-use futures_util::stream;
 use http::StatusCode;
 use hyper::body::Incoming;
 use memchr::memmem::Finder;
@@ -14,58 +13,41 @@ use tokio::time::Instant;
 
 use super::errors;
 use crate::api::{ApiError, Usage};
-use crate::providers::event_body::SseBody;
-use crate::providers::{EventStream, StreamEvent, UpstreamClient, UpstreamError};
+use crate::providers::event_body::{self, SseBody, Step, Translate};
+use crate::providers::{EventStream, StreamEvent, UpstreamClient};
 
 pub fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, azure: bool) -> EventStream {
-    let state = Relay {
-        body: SseBody::sse(body, client, deadline),
-        azure,
-        finished: false,
-    };
-    Box::pin(stream::unfold(state, |mut relay| async move {
-        if relay.finished {
-            return None;
-        }
-        let item = relay.next().await;
-        relay.finished = !matches!(item, Some(Ok(_)));
-        item.map(|i| (i, relay))
-    }))
+    let provider = client.provider().to_owned();
+    event_body::translated(SseBody::sse(body, client, deadline), PassThrough { azure, provider })
 }
 
-struct Relay {
-    body: SseBody,
+/// OpenAI-style events pass through as they are; only errors, the end and
+/// Azure's annotations are told apart.
+struct PassThrough {
     /// Azure adds content-filter annotation chunks that are not part of the answer.
     azure: bool,
-    finished: bool,
+    provider: String,
 }
 
-impl Relay {
-    async fn next(&mut self) -> Option<Result<StreamEvent, UpstreamError>> {
-        loop {
-            let data = match self.body.next_event().await {
-                Err(e) => return Some(Err(e)),
-                Ok(None) => return Some(Err(self.body.cut_short("`data: [DONE]`"))),
-                Ok(Some(data)) => data,
-            };
-            if &data[..] == b"[DONE]" {
-                self.body.finish();
-                return None;
-            }
-            if data.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            if data.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-                return Some(Err(self.body.protocol("a stream event is not a JSON object")));
-            }
-            if let Some(error) = midstream_error(&data, self.body.provider()) {
-                return Some(Err(UpstreamError::Status { error }));
-            }
-            if self.azure && is_annotation_only(&data) {
-                continue;
-            }
-            return Some(Ok(classify_chunk(data)));
+impl Translate for PassThrough {
+    const END: &'static str = "`data: [DONE]`";
+
+    fn step(&mut self, data: Bytes) -> Step {
+        if &data[..] == b"[DONE]" {
+            return Step::Done(Vec::new());
         }
+        match data.iter().find(|b| !b.is_ascii_whitespace()) {
+            None => return Step::Emit(Vec::new()),
+            Some(b'{') => {}
+            Some(_) => return Step::Invalid("a stream event is not a JSON object".into()),
+        }
+        if let Some(error) = midstream_error(&data, &self.provider) {
+            return Step::Failed(error);
+        }
+        if self.azure && is_annotation_only(&data) {
+            return Step::Emit(Vec::new());
+        }
+        Step::One(classify_chunk(data))
     }
 }
 
