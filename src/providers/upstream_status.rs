@@ -3,6 +3,8 @@
 
 use http::{HeaderMap, StatusCode};
 
+use crate::api::{ApiError, ErrorKind};
+
 /// The longest `Retry-After` passed on: an upstream's absurd value is not the client's problem.
 const MAX_RETRY_AFTER_SECS: u64 = 86_400;
 
@@ -65,6 +67,27 @@ fn go_duration_secs(text: &str) -> Option<f64> {
         rest = &rest[unit_end..];
     }
     Some(total)
+}
+
+/// An upstream refused the gateway's own credentials: the gateway's problem
+/// (502), never the client's, and nothing about the key in the answer. The
+/// upstream's words (already scrubbed of the key) go to the log.
+pub fn credentials_rejected(provider: &str, status: StatusCode, upstream_message: &str) -> ApiError {
+    tracing::warn!(
+        provider,
+        status = status.as_u16(),
+        message = upstream_message,
+        "upstream rejected the gateway's credentials"
+    );
+    ApiError::new(
+        StatusCode::BAD_GATEWAY,
+        ErrorKind::Upstream,
+        format!(
+            "provider `{provider}` rejected the gateway's credentials (upstream status {})",
+            status.as_u16()
+        ),
+    )
+    .with_code("upstream_auth_failed")
 }
 
 #[cfg(test)]

@@ -102,22 +102,8 @@ impl AnthropicProvider {
         let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
         let (kind, message) = error_parts(&body);
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            tracing::warn!(
-                provider = self.name(),
-                status = status.as_u16(),
-                message,
-                "upstream rejected the gateway's credentials"
-            );
-            return ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                ErrorKind::Upstream,
-                format!(
-                    "provider `{}` rejected the gateway's credentials (upstream status {})",
-                    self.name(),
-                    status.as_u16()
-                ),
-            )
-            .with_code("upstream_auth_failed");
+            let logged = scrub(&self.spec.key, message.unwrap_or(""));
+            return upstream_status::credentials_rejected(self.name(), status, &logged);
         }
         // 529 "overloaded" is Anthropic's own status: clients know it as 503.
         let status = if status.as_u16() == 529 {

@@ -124,16 +124,7 @@ impl OllamaProvider {
     /// Ollama's `{"error": "..."}` → the client's error; a missing model is a 404 `model_not_found`.
     fn translate_error(&self, status: StatusCode, headers: &HeaderMap, raw: &[u8]) -> ApiError {
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            return ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                ErrorKind::Upstream,
-                format!(
-                    "provider `{}` rejected the gateway's credentials (upstream status {})",
-                    self.name(),
-                    status.as_u16()
-                ),
-            )
-            .with_code("upstream_auth_failed");
+            return upstream_status::credentials_rejected(self.name(), status, "");
         }
         let message = translate::error_message(raw)
             .unwrap_or_else(|| format!("provider `{}` answered status {}", self.name(), status.as_u16()));

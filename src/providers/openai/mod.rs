@@ -19,7 +19,7 @@ use super::error::UpstreamError;
 use super::upstream_status;
 use super::{Call, Provider, Reply};
 use crate::api::usage::find_usage;
-use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind, StreamOptions};
+use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, StreamOptions};
 use crate::config::{HttpSpec, KeyState};
 
 /// Largest complete (non-streamed) answer accepted from an upstream.
@@ -236,17 +236,7 @@ impl OpenAiProvider {
     fn translate_error(&self, status: StatusCode, headers: &HeaderMap, raw: &[u8]) -> ApiError {
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             let upstream = errors::from_body(status, raw, self.name(), |s| self.scrub(s));
-            tracing::warn!(provider = self.name(), status = status.as_u16(), message = %upstream.message, "upstream rejected the gateway's credentials");
-            return ApiError::new(
-                StatusCode::BAD_GATEWAY,
-                ErrorKind::Upstream,
-                format!(
-                    "provider `{}` rejected the gateway's credentials (upstream status {})",
-                    self.name(),
-                    status.as_u16()
-                ),
-            )
-            .with_code("upstream_auth_failed");
+            return upstream_status::credentials_rejected(self.name(), status, &upstream.message);
         }
         let mut error = errors::from_body(upstream_status::client_status(status), raw, self.name(), |s| {
             self.scrub(s)
