@@ -67,6 +67,7 @@ pub enum ProviderKind {
         keep_alive: Option<String>,
         num_ctx: Option<u32>,
     },
+    Gemini(HttpSpec),
     Simulated(SimulatedSection),
 }
 
@@ -77,7 +78,8 @@ impl ProviderKind {
             ProviderKind::OpenAi(h)
             | ProviderKind::Azure { http: h, .. }
             | ProviderKind::Anthropic { http: h, .. }
-            | ProviderKind::Ollama { http: h, .. } => Some(h),
+            | ProviderKind::Ollama { http: h, .. }
+            | ProviderKind::Gemini(h) => Some(h),
             ProviderKind::Simulated(_) => None,
         }
     }
@@ -506,6 +508,18 @@ impl Validator<'_> {
                     keep_alive: p.keep_alive.clone(),
                     num_ctx: p.num_ctx,
                 }
+            }
+            ProviderSection::Gemini(p) => {
+                let mut http = self.http(
+                    name,
+                    &p.base_url,
+                    p.api_key.as_deref(),
+                    "x-goog-api-key",
+                    &p.headers,
+                    &p.timeouts,
+                )?;
+                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
+                ProviderKind::Gemini(http)
             }
             ProviderSection::Simulated(s) => {
                 let usable = s.tokens_per_second == 0.0

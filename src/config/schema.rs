@@ -126,6 +126,8 @@ pub enum ProviderSection {
     Anthropic(AnthropicSection),
     /// Ollama's native API (`/api/chat`, `/api/embed`), translated both ways.
     Ollama(OllamaSection),
+    /// Google's Gemini API, translated both ways.
+    Gemini(GeminiSection),
     /// Built in, no network.
     Simulated(SimulatedSection),
 }
@@ -234,6 +236,26 @@ pub struct OllamaSection {
 
 fn default_ollama_base() -> String {
     "http://127.0.0.1:11434".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeminiSection {
+    #[serde(default = "default_gemini_base")]
+    pub base_url: String,
+    /// Sent as `x-goog-api-key`.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: TimeoutSection,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_gemini_base() -> String {
+    "https://generativelanguage.googleapis.com/v1beta".into()
 }
 
 fn default_azure_version() -> String {

@@ -165,6 +165,11 @@ pub trait Translate: Send + 'static {
     /// What a complete stream ends with, named in the error when it ends early.
     const END: &'static str;
     fn step(&mut self, data: Bytes) -> Step;
+    /// The body ended. Upstreams whose streams end by closing (Gemini) answer
+    /// their last chunks; the others, `None`: the stream was cut short.
+    fn end(&mut self) -> Option<Vec<StreamEvent>> {
+        None
+    }
 }
 
 /// Drives a translator over an upstream body: one canonical stream, ending
@@ -206,7 +211,14 @@ pub fn translated<F: Framing + 'static, T: Translate>(body: EventBody<F>, transl
                     Step::Failed(error) => UpstreamError::Status { error },
                     Step::Invalid(detail) => s.body.protocol(&detail),
                 },
-                Ok(None) => s.body.cut_short(T::END),
+                Ok(None) => match s.translator.end() {
+                    Some(events) => {
+                        s.finished = true;
+                        s.pending = events.into_iter();
+                        continue;
+                    }
+                    None => s.body.cut_short(T::END),
+                },
                 Err(e) => e,
             };
             s.finished = true;

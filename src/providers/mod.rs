@@ -9,6 +9,7 @@ pub mod azure;
 mod client;
 pub mod error;
 mod event_body;
+pub mod gemini;
 pub mod ollama;
 pub mod openai;
 pub mod simulated;
@@ -92,6 +93,19 @@ pub trait Provider: Send + Sync {
     async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError>;
 }
 
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+pub(crate) fn percent_encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// Builds the adapter a provider's config describes.
 pub fn build(spec: &ProviderSpec) -> Arc<dyn Provider> {
     match &spec.kind {
@@ -122,6 +136,18 @@ pub fn build(spec: &ProviderSpec) -> Arc<dyn Provider> {
             };
             Arc::new(ollama::OllamaProvider::new(&spec.name, http.clone(), settings))
         }
+        ProviderKind::Gemini(http) => Arc::new(gemini::GeminiProvider::new(&spec.name, http.clone())),
         ProviderKind::Simulated(sim) => Arc::new(simulated::SimulatedProvider::new(sim.clone())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deployment_names_are_percent_encoded() {
+        assert_eq!(percent_encode("gpt-4o_prod.v2"), "gpt-4o_prod.v2");
+        assert_eq!(percent_encode("a b/c?d"), "a%20b%2Fc%3Fd");
     }
 }

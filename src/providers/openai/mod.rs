@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::client::UpstreamClient;
 use super::error::UpstreamError;
 use super::upstream_status;
-use super::{Call, Provider, Reply};
+use super::{Call, Provider, Reply, percent_encode};
 use crate::api::usage::find_usage;
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, StreamOptions};
 use crate::config::{HttpSpec, KeyState};
@@ -262,19 +262,6 @@ impl OpenAiProvider {
     }
 }
 
-/// Percent-encodes everything but RFC 3986's unreserved characters.
-fn percent_encode(segment: &str) -> String {
-    let mut out = String::with_capacity(segment.len());
-    for b in segment.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
 #[async_trait]
 impl Provider for OpenAiProvider {
     async fn chat(&self, call: Call<'_>, mut req: ChatRequest) -> Result<Reply, UpstreamError> {
@@ -299,16 +286,5 @@ impl Provider for OpenAiProvider {
     async fn embeddings(&self, call: Call<'_>, mut req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
         req.model = call.upstream_model.to_owned();
         self.exchange(call, Endpoint::Embeddings, &req, false).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn deployment_names_are_percent_encoded() {
-        assert_eq!(percent_encode("gpt-4o_prod.v2"), "gpt-4o_prod.v2");
-        assert_eq!(percent_encode("a b/c?d"), "a%20b%2Fc%3Fd");
     }
 }
