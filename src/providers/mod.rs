@@ -13,6 +13,7 @@ pub mod gemini;
 pub mod ollama;
 pub mod openai;
 pub mod simulated;
+pub mod upstream_call;
 pub mod upstream_status;
 
 use std::pin::Pin;

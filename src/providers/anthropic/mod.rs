@@ -8,14 +8,14 @@ mod response;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::Full;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::event_body::{self, SseBody, Translate};
+use super::upstream_call::{Answer, JsonPost, key_header, post_json};
 use super::upstream_status;
 use super::{Call, EventStream, Provider, Reply, UpstreamClient, UpstreamError};
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
@@ -24,6 +24,8 @@ use response::{Step, StreamTranslator};
 
 const MAX_ANSWER_BYTES: usize = 64 << 20;
 const MAX_ERROR_BYTES: usize = 64 << 10;
+const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 pub struct AnthropicProvider {
     client: UpstreamClient,
@@ -38,13 +40,7 @@ pub struct AnthropicProvider {
 
 impl AnthropicProvider {
     pub fn new(name: &str, spec: HttpSpec, version: &str, default_max_tokens: u32) -> Self {
-        let key = match &spec.key {
-            KeyState::Set(k) => HeaderValue::from_str(k.expose()).ok().map(|mut v| {
-                v.set_sensitive(true);
-                v
-            }),
-            _ => None,
-        };
+        let key = key_header(&spec, "");
         AnthropicProvider {
             client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
             messages_uri: format!("{}/v1/messages", spec.base_url).parse().ok(),
@@ -57,44 +53,6 @@ impl AnthropicProvider {
 
     fn name(&self) -> &str {
         self.client.provider()
-    }
-
-    fn request(&self, call: &Call<'_>, body: Vec<u8>, stream: bool) -> Result<Request<Full<Bytes>>, UpstreamError> {
-        if let KeyState::Missing(vars) = &self.spec.key {
-            return Err(UpstreamError::NotConfigured(format!(
-                "provider `{}` has no API key: set {} in the gateway's environment",
-                self.name(),
-                vars.join(", ")
-            )));
-        }
-        let uri = self
-            .messages_uri
-            .clone()
-            .ok_or_else(|| UpstreamError::NotConfigured(format!("provider `{}` has no usable URL", self.name())))?;
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .body(Full::new(Bytes::from(body)))
-            .expect("static parts are valid");
-        let headers = req.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            ACCEPT,
-            HeaderValue::from_static(if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            }),
-        );
-        headers.insert("anthropic-version", self.version.clone());
-        for (name, value) in &self.spec.headers {
-            headers.insert(name.clone(), value.clone());
-        }
-        if let Some(key) = &self.key {
-            headers.insert("x-api-key", key.clone());
-        }
-        headers.insert("x-request-id", call.request_id.clone());
-        Ok(req)
     }
 
     /// Anthropic's `{"type":"error","error":{"type","message"}}` → the client's error.
@@ -212,23 +170,28 @@ impl Provider for AnthropicProvider {
             provider: self.name().to_owned(),
             detail: e.to_string(),
         })?;
-        let req = self.request(&call, body, stream)?;
-        let deadline = self.client.total_deadline();
-        let resp = self.client.send(req, deadline, stream).await?;
-        let status = resp.status();
-        let (parts, body) = resp.into_parts();
-        if !status.is_success() {
-            let raw = self
-                .client
-                .read_body(body, MAX_ERROR_BYTES, deadline)
-                .await
-                .unwrap_or_default();
-            return Err(UpstreamError::Status {
-                error: self.translate_error(status, &parts.headers, &raw),
-            });
-        }
-        let is_sse = parts
-            .headers
+        let mut headers = vec![(ANTHROPIC_VERSION, self.version.clone())];
+        headers.extend(self.key.iter().map(|k| (X_API_KEY, k.clone())));
+        let post = JsonPost {
+            uri: self.messages_uri.clone(),
+            body,
+            stream,
+            stream_type: "text/event-stream",
+            headers: &headers,
+        };
+        let (response_headers, body, deadline) = match post_json(&self.client, &self.spec, &call, post).await? {
+            Answer::Success {
+                headers,
+                body,
+                deadline,
+            } => (headers, body, deadline),
+            Answer::Failure { status, headers, body } => {
+                return Err(UpstreamError::Status {
+                    error: self.translate_error(status, &headers, &body),
+                });
+            }
+        };
+        let is_sse = response_headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("text/event-stream"));
@@ -249,7 +212,7 @@ impl Provider for AnthropicProvider {
                 .unwrap_or_default();
             return Err(match serde_json::from_slice::<Value>(&raw) {
                 Ok(v) if v.get("error").is_some() => UpstreamError::Status {
-                    error: self.translate_error(StatusCode::BAD_GATEWAY, &parts.headers, &raw),
+                    error: self.translate_error(StatusCode::BAD_GATEWAY, &response_headers, &raw),
                 },
                 _ => UpstreamError::Protocol {
                     provider: self.name().to_owned(),

@@ -6,14 +6,13 @@ mod translate;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::Full;
+use http::{HeaderName, HeaderValue, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::event_body::{self, SseBody, Translate};
+use super::upstream_call::{Answer, JsonPost, key_header, post_json};
 use super::{
     Call, EventStream, Provider, Reply, StreamEvent, UpstreamClient, UpstreamError, percent_encode, upstream_status,
 };
@@ -22,7 +21,7 @@ use crate::config::{HttpSpec, KeyState};
 use translate::{Step, StreamTranslator};
 
 const MAX_ANSWER_BYTES: usize = 64 << 20;
-const MAX_ERROR_BYTES: usize = 64 << 10;
+const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 pub struct GeminiProvider {
     client: UpstreamClient,
@@ -32,13 +31,7 @@ pub struct GeminiProvider {
 
 impl GeminiProvider {
     pub fn new(name: &str, spec: HttpSpec) -> Self {
-        let key = match &spec.key {
-            KeyState::Set(k) => HeaderValue::from_str(k.expose()).ok().map(|mut v| {
-                v.set_sensitive(true);
-                v
-            }),
-            _ => None,
-        };
+        let key = key_header(&spec, "");
         GeminiProvider {
             client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
             spec,
@@ -57,68 +50,35 @@ impl GeminiProvider {
         body: &Value,
         stream: bool,
     ) -> Result<(Incoming, Instant), UpstreamError> {
-        if let KeyState::Missing(vars) = &self.spec.key {
-            return Err(UpstreamError::NotConfigured(format!(
-                "provider `{}` has no API key: set {} in the gateway's environment",
-                self.name(),
-                vars.join(", ")
-            )));
-        }
         let query = if stream { "?alt=sse" } else { "" };
-        let uri: Uri = format!(
+        let uri = format!(
             "{}/models/{}:{method}{query}",
             self.spec.base_url,
             percent_encode(call.upstream_model)
         )
         .parse()
-        .map_err(|_| {
-            UpstreamError::NotConfigured(format!(
-                "provider `{}` cannot build a URL for model `{}`",
-                self.name(),
-                call.upstream_model
-            ))
-        })?;
+        .ok();
         let body = serde_json::to_vec(body).map_err(|e| UpstreamError::Protocol {
             provider: self.name().to_owned(),
             detail: e.to_string(),
         })?;
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .body(Full::new(Bytes::from(body)))
-            .expect("static parts are valid");
-        let headers = req.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            ACCEPT,
-            HeaderValue::from_static(if stream {
-                "text/event-stream"
-            } else {
-                "application/json"
-            }),
-        );
-        for (name, value) in &self.spec.headers {
-            headers.insert(name.clone(), value.clone());
+        let headers = self.key.iter().map(|k| (X_GOOG_API_KEY, k.clone())).collect::<Vec<_>>();
+        let post = JsonPost {
+            uri,
+            body,
+            stream,
+            stream_type: "text/event-stream",
+            headers: &headers,
+        };
+        match post_json(&self.client, &self.spec, call, post).await? {
+            Answer::Success { body, deadline, .. } => Ok((body, deadline)),
+            Answer::Failure { status, body, .. } => {
+                let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                Err(UpstreamError::Status {
+                    error: self.translate_error(status, &value),
+                })
+            }
         }
-        if let Some(key) = &self.key {
-            headers.insert("x-goog-api-key", key.clone());
-        }
-        headers.insert("x-request-id", call.request_id.clone());
-        let deadline = self.client.total_deadline();
-        let resp = self.client.send(req, deadline, stream).await?;
-        let (parts, body) = resp.into_parts();
-        if !parts.status.is_success() {
-            let raw = self
-                .client
-                .read_body(body, MAX_ERROR_BYTES, deadline)
-                .await
-                .unwrap_or_default();
-            let value: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
-            return Err(UpstreamError::Status {
-                error: self.translate_error(parts.status, &value),
-            });
-        }
-        Ok((body, deadline))
     }
 
     /// Google's `{"error":{code, message, status, details}}` → the client's error.

@@ -6,22 +6,21 @@ mod translate;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::Full;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::event_body::{self, NdjsonBody, Translate};
+use super::upstream_call::{Answer, JsonPost, key_header, post_json};
 use super::upstream_status;
 use super::{Call, EventStream, Provider, Reply, UpstreamClient, UpstreamError};
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
-use crate::config::{HttpSpec, KeyState};
+use crate::config::HttpSpec;
 pub use translate::Settings;
 use translate::{Step, StreamTranslator};
 
 const MAX_ANSWER_BYTES: usize = 64 << 20;
-const MAX_ERROR_BYTES: usize = 64 << 10;
 
 pub struct OllamaProvider {
     client: UpstreamClient,
@@ -35,15 +34,7 @@ pub struct OllamaProvider {
 
 impl OllamaProvider {
     pub fn new(name: &str, spec: HttpSpec, settings: Settings) -> Self {
-        let auth = match &spec.key {
-            KeyState::Set(k) => HeaderValue::from_str(&format!("Bearer {}", k.expose()))
-                .ok()
-                .map(|mut v| {
-                    v.set_sensitive(true);
-                    v
-                }),
-            _ => None,
-        };
+        let auth = key_header(&spec, "Bearer ");
         OllamaProvider {
             client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
             chat_uri: format!("{}/api/chat", spec.base_url).parse().ok(),
@@ -71,54 +62,22 @@ impl OllamaProvider {
         uri: Option<&Uri>,
         body: &serde_json::Value,
         stream: bool,
-    ) -> Result<(hyper::http::response::Parts, Incoming, Instant), UpstreamError> {
-        if let KeyState::Missing(vars) = &self.spec.key {
-            return Err(UpstreamError::NotConfigured(format!(
-                "provider `{}` has no API key: set {} in the gateway's environment",
-                self.name(),
-                vars.join(", ")
-            )));
-        }
-        let uri = uri
-            .cloned()
-            .ok_or_else(|| UpstreamError::NotConfigured(format!("provider `{}` has no usable URL", self.name())))?;
+    ) -> Result<(Incoming, Instant), UpstreamError> {
         let body = serde_json::to_vec(body).map_err(|e| self.protocol(e.to_string()))?;
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .body(Full::new(Bytes::from(body)))
-            .expect("static parts are valid");
-        let headers = req.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        headers.insert(
-            ACCEPT,
-            HeaderValue::from_static(if stream {
-                "application/x-ndjson"
-            } else {
-                "application/json"
+        let headers = self.auth.iter().map(|a| (AUTHORIZATION, a.clone())).collect::<Vec<_>>();
+        let post = JsonPost {
+            uri: uri.cloned(),
+            body,
+            stream,
+            stream_type: "application/x-ndjson",
+            headers: &headers,
+        };
+        match post_json(&self.client, &self.spec, call, post).await? {
+            Answer::Success { body, deadline, .. } => Ok((body, deadline)),
+            Answer::Failure { status, headers, body } => Err(UpstreamError::Status {
+                error: self.translate_error(status, &headers, &body),
             }),
-        );
-        for (name, value) in &self.spec.headers {
-            headers.insert(name.clone(), value.clone());
         }
-        if let Some(auth) = &self.auth {
-            headers.insert(AUTHORIZATION, auth.clone());
-        }
-        headers.insert("x-request-id", call.request_id.clone());
-        let deadline = self.client.total_deadline();
-        let resp = self.client.send(req, deadline, stream).await?;
-        let (parts, body) = resp.into_parts();
-        if !parts.status.is_success() {
-            let raw = self
-                .client
-                .read_body(body, MAX_ERROR_BYTES, deadline)
-                .await
-                .unwrap_or_default();
-            return Err(UpstreamError::Status {
-                error: self.translate_error(parts.status, &parts.headers, &raw),
-            });
-        }
-        Ok((parts, body, deadline))
     }
 
     /// Ollama's `{"error": "..."}` → the client's error; a missing model is a 404 `model_not_found`.
@@ -169,7 +128,7 @@ impl Provider for OllamaProvider {
         let stream = req.is_stream();
         let body = translate::to_chat_request(&req, call.upstream_model, &self.settings)
             .map_err(|error| UpstreamError::Status { error })?;
-        let (_, incoming, deadline) = self.send(&call, self.chat_uri.as_ref(), &body, stream).await?;
+        let (incoming, deadline) = self.send(&call, self.chat_uri.as_ref(), &body, stream).await?;
         let request_id = call.request_id.to_str().unwrap_or("-");
         if stream {
             return Ok(Reply::Stream(relay(
@@ -201,7 +160,7 @@ impl Provider for OllamaProvider {
 
     async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
         let body = translate::to_embed_request(&req, call.upstream_model, &self.settings);
-        let (_, incoming, deadline) = self.send(&call, self.embed_uri.as_ref(), &body, false).await?;
+        let (incoming, deadline) = self.send(&call, self.embed_uri.as_ref(), &body, false).await?;
         let raw = self.client.read_body(incoming, MAX_ANSWER_BYTES, deadline).await?;
         let (body, usage) = translate::to_embeddings(&raw, req.encoding_format)
             .map_err(|e| self.protocol(format!("not an /api/embed answer: {e}")))?;

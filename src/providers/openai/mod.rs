@@ -8,14 +8,13 @@ mod errors;
 mod stream;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE};
-use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, Uri};
-use http_body_util::Full;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Serialize;
 
 use super::client::UpstreamClient;
 use super::error::UpstreamError;
+use super::upstream_call::{Answer, JsonPost, key_header, post_json};
 use super::upstream_status;
 use super::{Call, Provider, Reply, percent_encode};
 use crate::api::usage::find_usage;
@@ -24,8 +23,6 @@ use crate::config::{HttpSpec, KeyState};
 
 /// Largest complete (non-streamed) answer accepted from an upstream.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
-/// Largest error body read from an upstream.
-const MAX_ERROR_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Clone)]
 pub enum Flavor {
@@ -57,29 +54,24 @@ pub struct OpenAiProvider {
     client: UpstreamClient,
     spec: HttpSpec,
     flavor: Flavor,
-    /// Pre-built `Authorization`/`api-key` value, marked sensitive so it is never logged.
-    auth: Option<HeaderValue>,
+    /// The key header (`Authorization: Bearer …` or `api-key`), built once, marked sensitive.
+    own_headers: Vec<(HeaderName, HeaderValue)>,
     /// Endpoint URIs, built once (OpenAI flavor only; Azure's depend on the deployment).
     uris: Option<[Uri; 3]>,
 }
 
 impl OpenAiProvider {
     pub fn new(name: &str, spec: HttpSpec, flavor: Flavor) -> Self {
-        let auth = match &spec.key {
-            KeyState::Set(key) => {
-                let raw = if spec.auth_header == http::header::AUTHORIZATION {
-                    format!("Bearer {}", key.expose())
-                } else {
-                    key.expose().to_owned()
-                };
-                // Config validation checked the key is a valid header value.
-                HeaderValue::from_str(&raw).ok().map(|mut v| {
-                    v.set_sensitive(true);
-                    v
-                })
-            }
-            _ => None,
+        let prefix = if spec.auth_header == http::header::AUTHORIZATION {
+            "Bearer "
+        } else {
+            ""
         };
+        // Built once: no per-request allocation for the provider's own headers.
+        let own_headers = key_header(&spec, prefix)
+            .map(|v| (spec.auth_header.clone(), v))
+            .into_iter()
+            .collect();
         let uris = match flavor {
             Flavor::OpenAi => {
                 let uri = |e: Endpoint| format!("{}/{}", spec.base_url, e.path()).parse::<Uri>().ok();
@@ -98,7 +90,7 @@ impl OpenAiProvider {
             client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
             spec,
             flavor,
-            auth,
+            own_headers,
             uris,
         }
     }
@@ -129,44 +121,6 @@ impl OpenAiProvider {
         })
     }
 
-    fn request(
-        &self,
-        call: &Call<'_>,
-        endpoint: Endpoint,
-        body: Vec<u8>,
-        stream: bool,
-    ) -> Result<Request<Full<Bytes>>, UpstreamError> {
-        if let KeyState::Missing(vars) = &self.spec.key {
-            return Err(UpstreamError::NotConfigured(format!(
-                "provider `{}` has no API key: set {} in the gateway's environment",
-                self.name(),
-                vars.join(", ")
-            )));
-        }
-        let uri = self.uri(endpoint, call.upstream_model)?;
-        let mut req = Request::builder()
-            .method(Method::POST)
-            .uri(uri)
-            .body(Full::new(Bytes::from(body)))
-            .expect("static parts are valid");
-        let headers = req.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let accept = if stream {
-            "text/event-stream"
-        } else {
-            "application/json"
-        };
-        headers.insert(ACCEPT, HeaderValue::from_static(accept));
-        for (name, value) in &self.spec.headers {
-            headers.insert(name.clone(), value.clone());
-        }
-        if let Some(auth) = &self.auth {
-            headers.insert(self.spec.auth_header.clone(), auth.clone());
-        }
-        headers.insert("x-request-id", call.request_id.clone());
-        Ok(req)
-    }
-
     async fn exchange(
         &self,
         call: Call<'_>,
@@ -176,23 +130,26 @@ impl OpenAiProvider {
     ) -> Result<Reply, UpstreamError> {
         let mut buf = Vec::with_capacity(call.body_size + 64);
         serde_json::to_writer(&mut buf, body).map_err(|e| self.protocol(&e.to_string()))?;
-        let req = self.request(&call, endpoint, buf, stream)?;
-        let deadline = self.client.total_deadline();
-        let resp = self.client.send(req, deadline, stream).await?;
-        let status = resp.status();
-        let (parts, body) = resp.into_parts();
-        if !status.is_success() {
-            let raw = self
-                .client
-                .read_body(body, MAX_ERROR_BYTES, deadline)
-                .await
-                .unwrap_or_default();
-            return Err(UpstreamError::Status {
-                error: self.translate_error(status, &parts.headers, &raw),
-            });
-        }
-        let content_type = parts
-            .headers
+        let post = JsonPost {
+            uri: Some(self.uri(endpoint, call.upstream_model)?),
+            body: buf,
+            stream,
+            stream_type: "text/event-stream",
+            headers: &self.own_headers,
+        };
+        let (response_headers, body, deadline) = match post_json(&self.client, &self.spec, &call, post).await? {
+            Answer::Success {
+                headers,
+                body,
+                deadline,
+            } => (headers, body, deadline),
+            Answer::Failure { status, headers, body } => {
+                return Err(UpstreamError::Status {
+                    error: self.translate_error(status, &headers, &body),
+                });
+            }
+        };
+        let content_type = response_headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
@@ -207,7 +164,7 @@ impl OpenAiProvider {
                 .is_ok_and(|m| m.contains_key("error"));
             return Err(if error {
                 UpstreamError::Status {
-                    error: self.translate_error(StatusCode::BAD_GATEWAY, &parts.headers, &raw),
+                    error: self.translate_error(StatusCode::BAD_GATEWAY, &response_headers, &raw),
                 }
             } else {
                 self.protocol("a streamed request was answered without an event stream")

@@ -1,0 +1,112 @@
+//! The one JSON POST every HTTP provider makes: the configured and the
+//! provider's own headers, the request id, a check that the key is set, the
+//! timeouts, and an error status read (bounded) for the provider to translate.
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::{Call, UpstreamClient, UpstreamError};
+use crate::config::{HttpSpec, KeyState};
+
+/// Largest error body read from an upstream.
+const MAX_ERROR_BYTES: usize = 64 << 10;
+
+pub struct JsonPost<'a> {
+    pub uri: Option<Uri>,
+    pub body: Vec<u8>,
+    pub stream: bool,
+    /// What a streamed answer comes as: `text/event-stream` or `application/x-ndjson`.
+    pub stream_type: &'static str,
+    /// The provider's own headers (its key, its API version), after the configured ones.
+    pub headers: &'a [(HeaderName, HeaderValue)],
+}
+
+pub enum Answer {
+    Success {
+        headers: HeaderMap,
+        body: Incoming,
+        deadline: Instant,
+    },
+    Failure {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+}
+
+pub async fn post_json(
+    client: &UpstreamClient,
+    spec: &HttpSpec,
+    call: &Call<'_>,
+    post: JsonPost<'_>,
+) -> Result<Answer, UpstreamError> {
+    if let KeyState::Missing(vars) = &spec.key {
+        return Err(UpstreamError::NotConfigured(format!(
+            "provider `{}` has no API key: set {} in the gateway's environment",
+            client.provider(),
+            vars.join(", ")
+        )));
+    }
+    let uri = post.uri.ok_or_else(|| {
+        UpstreamError::NotConfigured(format!(
+            "provider `{}` cannot build a URL for model `{}`",
+            client.provider(),
+            call.upstream_model
+        ))
+    })?;
+    let mut req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .body(Full::new(Bytes::from(post.body)))
+        .expect("static parts are valid");
+    let headers = req.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        ACCEPT,
+        HeaderValue::from_static(if post.stream {
+            post.stream_type
+        } else {
+            "application/json"
+        }),
+    );
+    for (name, value) in spec.headers.iter().chain(post.headers) {
+        headers.insert(name.clone(), value.clone());
+    }
+    headers.insert("x-request-id", call.request_id.clone());
+    let deadline = client.total_deadline();
+    let resp = client.send(req, deadline, post.stream).await?;
+    let (parts, body) = resp.into_parts();
+    if parts.status.is_success() {
+        return Ok(Answer::Success {
+            headers: parts.headers,
+            body,
+            deadline,
+        });
+    }
+    let body = client
+        .read_body(body, MAX_ERROR_BYTES, deadline)
+        .await
+        .unwrap_or_default();
+    Ok(Answer::Failure {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// A provider's key as a header value, marked sensitive so it is never logged.
+pub fn key_header(spec: &HttpSpec, prefix: &str) -> Option<HeaderValue> {
+    match &spec.key {
+        KeyState::Set(k) => HeaderValue::from_str(&format!("{prefix}{}", k.expose()))
+            .ok()
+            .map(|mut v| {
+                v.set_sensitive(true);
+                v
+            }),
+        _ => None,
+    }
+}
