@@ -88,6 +88,121 @@ impl ChatRequest {
     }
 }
 
+/// The client's `tool_choice`, read one way for every translating provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolChoice<'a> {
+    Auto,
+    Required,
+    Nothing,
+    Function(&'a str),
+}
+
+/// One assistant tool call, with its arguments parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCallParts<'a> {
+    pub id: Option<&'a str>,
+    pub name: &'a str,
+    /// Always a JSON object (empty arguments read as `{}`).
+    pub arguments: Value,
+}
+
+impl ChatRequest {
+    /// `max_completion_tokens`, else the older `max_tokens`.
+    pub fn max_output_tokens(&self) -> Option<u32> {
+        self.max_completion_tokens.or(self.max_tokens)
+    }
+
+    /// The stop sequences, if any.
+    pub fn stop_sequences(&self) -> Option<Vec<&str>> {
+        match &self.stop {
+            Some(Stop::One(s)) => Some(vec![s.as_str()]),
+            Some(Stop::Many(list)) if !list.is_empty() => Some(list.iter().map(String::as_str).collect()),
+            _ => None,
+        }
+    }
+
+    pub fn tool_choice_kind(&self) -> Result<Option<ToolChoice<'_>>, Invalid> {
+        let invalid = || {
+            (
+                "`tool_choice` must be auto, required, none or a named function".to_owned(),
+                "tool_choice",
+            )
+        };
+        Ok(match &self.tool_choice {
+            None => None,
+            Some(Value::String(s)) => Some(match s.as_str() {
+                "auto" => ToolChoice::Auto,
+                "required" => ToolChoice::Required,
+                "none" => ToolChoice::Nothing,
+                _ => return Err(invalid()),
+            }),
+            Some(v) => Some(ToolChoice::Function(
+                v.get("function")
+                    .and_then(|f| f.get("name"))
+                    .and_then(Value::as_str)
+                    .ok_or_else(invalid)?,
+            )),
+        })
+    }
+}
+
+impl ChatRequest {
+    /// The function name of the tool call with this id, from the assistant turns
+    /// (providers that name tool results by function, not by call id, need it).
+    pub fn tool_name_for(&self, call_id: &str) -> Option<&str> {
+        self.messages
+            .iter()
+            .flat_map(|m| m.tool_calls.iter().flatten())
+            .find_map(|c| {
+                (c.get("id").and_then(Value::as_str) == Some(call_id))
+                    .then(|| c.pointer("/function/name").and_then(Value::as_str))
+                    .flatten()
+            })
+    }
+}
+
+impl ChatMessage {
+    /// The message's tool calls with parsed arguments; an error names the first whose arguments are not a JSON object.
+    pub fn tool_call_parts(&self) -> Result<Vec<ToolCallParts<'_>>, Invalid> {
+        self.tool_calls
+            .iter()
+            .flatten()
+            .map(|call| {
+                let function = call.get("function").unwrap_or(&Value::Null);
+                let raw = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
+                let arguments = if raw.trim().is_empty() {
+                    Value::Object(Map::new())
+                } else {
+                    serde_json::from_str(raw).unwrap_or(Value::Null)
+                };
+                if !arguments.is_object() {
+                    return Err(("tool call arguments must be a JSON object".to_owned(), "messages"));
+                }
+                Ok(ToolCallParts {
+                    id: call.get("id").and_then(Value::as_str),
+                    name: function.get("name").and_then(Value::as_str).unwrap_or_default(),
+                    arguments,
+                })
+            })
+            .collect()
+    }
+}
+
+impl ContentPart {
+    /// An `image_url` part's URL.
+    pub fn image_url(&self) -> Option<&str> {
+        self.extra
+            .get("image_url")
+            .and_then(|u| u.get("url"))
+            .and_then(Value::as_str)
+    }
+}
+
+/// `data:<mime>;base64,<data>` → (mime, data).
+pub fn base64_data_url(url: &str) -> Option<(&str, &str)> {
+    url.strip_prefix("data:")?.split_once(";base64,")
+}
+
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct StreamOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -314,6 +429,30 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("missing field `type`"), "{err}");
+    }
+
+    #[test]
+    fn the_accessors_translators_share() {
+        let req: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","max_tokens":5,"stop":["a","b"],"tool_choice":{"type":"function","function":{"name":"f"}},
+                "messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":""}},{"id":"c2","type":"function","function":{"name":"g","arguments":"[1]"}}]}]}"#,
+        )
+        .unwrap();
+        assert_eq!(req.max_output_tokens(), Some(5));
+        assert_eq!(req.stop_sequences(), Some(vec!["a", "b"]));
+        assert_eq!(req.tool_choice_kind().unwrap(), Some(ToolChoice::Function("f")));
+        assert_eq!(req.tool_name_for("c2"), Some("g"));
+        assert_eq!(req.tool_name_for("c3"), None);
+        assert_eq!(
+            req.messages[0].tool_call_parts().unwrap_err().1,
+            "messages",
+            "arguments `[1]` are not an object"
+        );
+        assert_eq!(
+            base64_data_url("data:image/png;base64,AAAA"),
+            Some(("image/png", "AAAA"))
+        );
+        assert_eq!(base64_data_url("https://x/y.png"), None);
     }
 
     #[test]

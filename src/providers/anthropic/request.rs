@@ -11,7 +11,7 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::api::chat::{ChatMessage, ContentPart, MessageContent, Role, Stop};
+use crate::api::chat::{ChatMessage, ContentPart, MessageContent, Role, ToolChoice, base64_data_url};
 use crate::api::{ApiError, ChatRequest};
 
 fn unsupported(message: impl Into<String>, param: &str) -> ApiError {
@@ -95,11 +95,7 @@ pub fn to_messages_request(req: &ChatRequest, model: &str, default_max_tokens: u
     out.insert("model".into(), json!(model));
     out.insert(
         "max_tokens".into(),
-        json!(
-            req.max_completion_tokens
-                .or(req.max_tokens)
-                .unwrap_or(default_max_tokens)
-        ),
+        json!(req.max_output_tokens().unwrap_or(default_max_tokens)),
     );
     match system.len() {
         0 => {}
@@ -135,14 +131,8 @@ pub fn to_messages_request(req: &ChatRequest, model: &str, default_max_tokens: u
     if let Some(k) = req.extra.get("top_k") {
         out.insert("top_k".into(), k.clone());
     }
-    match &req.stop {
-        Some(Stop::One(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Stop::Many(list)) if !list.is_empty() => {
-            out.insert("stop_sequences".into(), json!(list));
-        }
-        _ => {}
+    if let Some(stop) = req.stop_sequences() {
+        out.insert("stop_sequences".into(), json!(stop));
     }
     if let Some(user) = &req.user {
         out.insert("metadata".into(), json!({"user_id": user}));
@@ -183,20 +173,12 @@ fn content_blocks(message: &ChatMessage, i: usize) -> Result<Vec<Value>, ApiErro
 fn part(p: &ContentPart, i: usize) -> Result<Value, ApiError> {
     match p.kind.as_str() {
         "text" => Ok(json!({"type": "text", "text": p.text.as_deref().unwrap_or("")})),
-        "image_url" => {
-            let url = p
-                .extra
-                .get("image_url")
-                .and_then(|u| u.get("url"))
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            image(url).ok_or_else(|| {
-                unsupported(
-                    format!("messages[{i}]: an image must be an https:// URL or a data:image/...;base64 URL"),
-                    "messages",
-                )
-            })
-        }
+        "image_url" => image(p.image_url().unwrap_or("")).ok_or_else(|| {
+            unsupported(
+                format!("messages[{i}]: an image must be an https:// URL or a data:image/...;base64 URL"),
+                "messages",
+            )
+        }),
         other => Err(unsupported(
             format!("messages[{i}]: `{other}` parts are not supported by Anthropic models"),
             "messages",
@@ -205,9 +187,8 @@ fn part(p: &ContentPart, i: usize) -> Result<Value, ApiError> {
 }
 
 fn image(url: &str) -> Option<Value> {
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest.split_once(',')?;
-        let media_type = meta.strip_suffix(";base64")?;
+    if url.starts_with("data:") {
+        let (media_type, data) = base64_data_url(url)?;
         return media_type
             .starts_with("image/")
             .then(|| json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}));
@@ -218,26 +199,13 @@ fn image(url: &str) -> Option<Value> {
 
 fn assistant_blocks(message: &ChatMessage, i: usize) -> Result<Vec<Value>, ApiError> {
     let mut blocks = content_blocks(message, i)?;
-    for call in message.tool_calls.iter().flatten() {
-        let function = call.get("function").unwrap_or(&Value::Null);
-        let arguments = function.get("arguments").and_then(Value::as_str).unwrap_or("{}");
-        let input: Value = if arguments.trim().is_empty() {
-            json!({})
-        } else {
-            serde_json::from_str(arguments).unwrap_or(Value::Null)
-        };
-        if !input.is_object() {
-            return Err(unsupported(
-                format!("messages[{i}]: tool call arguments must be a JSON object"),
-                "messages",
-            ));
-        }
-        blocks.push(json!({
-            "type": "tool_use",
-            "id": call.get("id").and_then(Value::as_str).unwrap_or_default(),
-            "name": function.get("name").and_then(Value::as_str).unwrap_or_default(),
-            "input": input,
-        }));
+    let calls = message
+        .tool_call_parts()
+        .map_err(|(m, param)| unsupported(format!("messages[{i}]: {m}"), param))?;
+    for call in calls {
+        blocks.push(
+            json!({"type": "tool_use", "id": call.id.unwrap_or_default(), "name": call.name, "input": call.arguments}),
+        );
     }
     Ok(blocks)
 }
@@ -275,33 +243,17 @@ fn tool(t: &Value, i: usize) -> Result<Value, ApiError> {
 }
 
 fn tool_choice(req: &ChatRequest) -> Result<Option<Value>, ApiError> {
-    let mut choice = match &req.tool_choice {
-        None => None,
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => Some(json!({"type": "auto"})),
-            "required" => Some(json!({"type": "any"})),
-            "none" => Some(json!({"type": "none"})),
-            other => {
-                return Err(unsupported(
-                    format!("`tool_choice` `{other}` is not known"),
-                    "tool_choice",
-                ));
-            }
-        },
-        Some(v) => match v.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
-            Some(name) => Some(json!({"type": "tool", "name": name})),
-            None => {
-                return Err(unsupported(
-                    "`tool_choice` must be auto, required, none or a named function",
-                    "tool_choice",
-                ));
-            }
-        },
-    };
+    let kind = req.tool_choice_kind().map_err(|(m, param)| unsupported(m, param))?;
     // Anthropic takes `tool_choice` only with tools, and the parallel switch on none of `none`.
     if req.tools.as_ref().is_none_or(|t| t.is_empty()) {
         return Ok(None);
     }
+    let mut choice = kind.map(|k| match k {
+        ToolChoice::Auto => json!({"type": "auto"}),
+        ToolChoice::Required => json!({"type": "any"}),
+        ToolChoice::Nothing => json!({"type": "none"}),
+        ToolChoice::Function(name) => json!({"type": "tool", "name": name}),
+    });
     if req.extra.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
         let c = choice.get_or_insert_with(|| json!({"type": "auto"}));
         if c["type"] != "none" {

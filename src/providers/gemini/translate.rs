@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
-use crate::api::chat::{ChatMessage, MessageContent, Role, Stop};
+use crate::api::chat::{ChatMessage, MessageContent, Role, ToolChoice, base64_data_url};
 use crate::api::embeddings::{EncodingFormat, Input, base64_f32};
 use crate::api::{ApiError, ChatRequest, EmbeddingsRequest, Usage};
 use crate::providers::StreamEvent;
@@ -32,7 +32,6 @@ pub fn to_generate_request(req: &ChatRequest) -> Result<Value, ApiError> {
     }
     let mut system = Vec::new();
     let mut contents: Vec<Value> = Vec::new();
-    let mut tool_names: Vec<(String, String)> = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
         let (role, parts) = match m.role {
             Role::System | Role::Developer => {
@@ -42,34 +41,19 @@ pub fn to_generate_request(req: &ChatRequest) -> Result<Value, ApiError> {
             Role::User => ("user", content_parts(m, i)?),
             Role::Assistant => {
                 let mut parts = content_parts(m, i)?;
-                for call in m.tool_calls.iter().flatten() {
-                    let f = call.get("function").unwrap_or(&Value::Null);
-                    let name = f.get("name").and_then(Value::as_str).unwrap_or_default();
-                    if let Some(id) = call.get("id").and_then(Value::as_str) {
-                        tool_names.push((id.to_owned(), name.to_owned()));
-                    }
-                    let args = f.get("arguments").and_then(Value::as_str).unwrap_or("{}");
-                    let args: Value = if args.trim().is_empty() {
-                        json!({})
-                    } else {
-                        serde_json::from_str(args).unwrap_or(Value::Null)
-                    };
-                    if !args.is_object() {
-                        return Err(unsupported(
-                            format!("messages[{i}]: tool call arguments must be a JSON object"),
-                            "messages",
-                        ));
-                    }
-                    parts.push(json!({"functionCall": {"name": name, "args": args}}));
-                }
+                let calls = m
+                    .tool_call_parts()
+                    .map_err(|(msg, param)| unsupported(format!("messages[{i}]: {msg}"), param))?;
+                parts.extend(
+                    calls
+                        .into_iter()
+                        .map(|c| json!({"functionCall": {"name": c.name, "args": c.arguments}})),
+                );
                 ("model", parts)
             }
             Role::Tool => {
                 let id = m.tool_call_id.as_deref().unwrap_or_default();
-                let name = tool_names
-                    .iter()
-                    .find(|(call, _)| call == id)
-                    .map_or(id, |(_, n)| n.as_str());
+                let name = req.tool_name_for(id).unwrap_or(id);
                 let text = text_parts(m, i)?
                     .iter()
                     .filter_map(|p| p.get("text").and_then(Value::as_str))
@@ -132,29 +116,13 @@ pub fn to_generate_request(req: &ChatRequest) -> Result<Value, ApiError> {
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         out.insert("tools".into(), json!([{"functionDeclarations": declarations}]));
-        let mode = match &req.tool_choice {
-            None => Some(json!({"mode": "AUTO"})),
-            Some(Value::String(s)) => match s.as_str() {
-                "auto" => Some(json!({"mode": "AUTO"})),
-                "required" => Some(json!({"mode": "ANY"})),
-                "none" => Some(json!({"mode": "NONE"})),
-                other => {
-                    return Err(unsupported(
-                        format!("`tool_choice` `{other}` is not known"),
-                        "tool_choice",
-                    ));
-                }
-            },
-            Some(v) => match v.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
-                Some(name) => Some(json!({"mode": "ANY", "allowedFunctionNames": [name]})),
-                None => {
-                    return Err(unsupported(
-                        "`tool_choice` must be auto, required, none or a named function",
-                        "tool_choice",
-                    ));
-                }
-            },
-        };
+        let kind = req.tool_choice_kind().map_err(|(m, param)| unsupported(m, param))?;
+        let mode = Some(match kind.unwrap_or(ToolChoice::Auto) {
+            ToolChoice::Auto => json!({"mode": "AUTO"}),
+            ToolChoice::Required => json!({"mode": "ANY"}),
+            ToolChoice::Nothing => json!({"mode": "NONE"}),
+            ToolChoice::Function(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+        });
         if let Some(mode) = mode {
             out.insert("toolConfig".into(), json!({"functionCallingConfig": mode}));
         }
@@ -166,17 +134,11 @@ pub fn to_generate_request(req: &ChatRequest) -> Result<Value, ApiError> {
     if let Some(p) = req.top_p {
         config.insert("topP".into(), json!(p));
     }
-    if let Some(max) = req.max_completion_tokens.or(req.max_tokens) {
+    if let Some(max) = req.max_output_tokens() {
         config.insert("maxOutputTokens".into(), json!(max));
     }
-    match &req.stop {
-        Some(Stop::One(s)) => {
-            config.insert("stopSequences".into(), json!([s]));
-        }
-        Some(Stop::Many(list)) if !list.is_empty() => {
-            config.insert("stopSequences".into(), json!(list));
-        }
-        _ => {}
+    if let Some(stop) = req.stop_sequences() {
+        config.insert("stopSequences".into(), json!(stop));
     }
     for (openai, gemini) in [
         ("seed", "seed"),
@@ -236,21 +198,12 @@ fn content_parts(m: &ChatMessage, i: usize) -> Result<Vec<Value>, ApiError> {
             .map(|p| match p.kind.as_str() {
                 "text" => Ok(json!({"text": p.text.as_deref().unwrap_or("")})),
                 "image_url" => {
-                    let url = p
-                        .extra
-                        .get("image_url")
-                        .and_then(|u| u.get("url"))
-                        .and_then(Value::as_str)
-                        .unwrap_or("");
-                    let (mime, data) = url
-                        .strip_prefix("data:")
-                        .and_then(|r| r.split_once(";base64,"))
-                        .ok_or_else(|| {
-                            unsupported(
-                                format!("messages[{i}]: Gemini takes images as data: URLs only"),
-                                "messages",
-                            )
-                        })?;
+                    let (mime, data) = p.image_url().and_then(base64_data_url).ok_or_else(|| {
+                        unsupported(
+                            format!("messages[{i}]: Gemini takes images as data: URLs only"),
+                            "messages",
+                        )
+                    })?;
                     Ok(json!({"inlineData": {"mimeType": mime, "data": data}}))
                 }
                 other => Err(unsupported(

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use crate::api::chat::{ChatMessage, MessageContent, Role, Stop};
+use crate::api::chat::{ChatMessage, MessageContent, Role, base64_data_url};
 use crate::api::embeddings::{EncodingFormat, base64_f32};
 use crate::api::{ApiError, ChatRequest, EmbeddingsRequest, Usage};
 use crate::providers::StreamEvent;
@@ -35,20 +35,12 @@ pub fn to_chat_request(req: &ChatRequest, model: &str, settings: &Settings) -> R
     if req.n.is_some_and(|n| n > 1) {
         return Err(unsupported("Ollama returns one choice: `n` must be 1", "n"));
     }
-    // Tool messages name their tool; Ollama wants the name, OpenAI gives the call id.
-    let mut tool_names: Vec<(&str, &str)> = Vec::new();
-    let mut messages = Vec::with_capacity(req.messages.len());
-    for (i, m) in req.messages.iter().enumerate() {
-        for call in m.tool_calls.iter().flatten() {
-            if let (Some(id), Some(name)) = (
-                call.get("id").and_then(Value::as_str),
-                call.get("function").and_then(|f| f.get("name")).and_then(Value::as_str),
-            ) {
-                tool_names.push((id, name));
-            }
-        }
-        messages.push(message(m, i, &tool_names)?);
-    }
+    let messages = req
+        .messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| message(req, m, i))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
     out.insert("messages".into(), Value::Array(messages));
@@ -82,17 +74,11 @@ pub fn to_chat_request(req: &ChatRequest, model: &str, settings: &Settings) -> R
     if let Some(p) = req.top_p {
         options.insert("top_p".into(), json!(p));
     }
-    if let Some(max) = req.max_completion_tokens.or(req.max_tokens) {
+    if let Some(max) = req.max_output_tokens() {
         options.insert("num_predict".into(), json!(max));
     }
-    match &req.stop {
-        Some(Stop::One(s)) => {
-            options.insert("stop".into(), json!([s]));
-        }
-        Some(Stop::Many(list)) if !list.is_empty() => {
-            options.insert("stop".into(), json!(list));
-        }
-        _ => {}
+    if let Some(stop) = req.stop_sequences() {
+        options.insert("stop".into(), json!(stop));
     }
     for key in ["seed", "top_k", "presence_penalty", "frequency_penalty"] {
         if let Some(v) = req.extra.get(key) {
@@ -113,7 +99,7 @@ pub fn to_chat_request(req: &ChatRequest, model: &str, settings: &Settings) -> R
     Ok(Value::Object(out))
 }
 
-fn message(m: &ChatMessage, i: usize, tool_names: &[(&str, &str)]) -> Result<Value, ApiError> {
+fn message(req: &ChatRequest, m: &ChatMessage, i: usize) -> Result<Value, ApiError> {
     let role = match m.role {
         Role::System | Role::Developer => "system",
         Role::User => "user",
@@ -136,17 +122,7 @@ fn message(m: &ChatMessage, i: usize, tool_names: &[(&str, &str)]) -> Result<Val
                 match p.kind.as_str() {
                     "text" => text.push(p.text.as_deref().unwrap_or("")),
                     "image_url" => {
-                        let url = p
-                            .extra
-                            .get("image_url")
-                            .and_then(|u| u.get("url"))
-                            .and_then(Value::as_str)
-                            .unwrap_or("");
-                        let data = url
-                            .strip_prefix("data:")
-                            .and_then(|r| r.split_once(";base64,"))
-                            .map(|(_, d)| d);
-                        let data = data.ok_or_else(|| {
+                        let data = p.image_url().and_then(base64_data_url).map(|(_, d)| d).ok_or_else(|| {
                             unsupported(
                                 format!("messages[{i}]: Ollama takes images as data: URLs only"),
                                 "messages",
@@ -170,31 +146,17 @@ fn message(m: &ChatMessage, i: usize, tool_names: &[(&str, &str)]) -> Result<Val
     if !images.is_empty() {
         out.insert("images".into(), Value::Array(images));
     }
-    if let Some(calls) = &m.tool_calls {
+    let calls = m
+        .tool_call_parts()
+        .map_err(|(msg, param)| unsupported(format!("messages[{i}]: {msg}"), param))?;
+    if !calls.is_empty() {
         let calls = calls
-            .iter()
-            .map(|c| {
-                let f = c.get("function").unwrap_or(&Value::Null);
-                let args = f.get("arguments").and_then(Value::as_str).unwrap_or("{}");
-                let args: Value = if args.trim().is_empty() {
-                    json!({})
-                } else {
-                    serde_json::from_str(args).unwrap_or(Value::Null)
-                };
-                if !args.is_object() {
-                    return Err(unsupported(
-                        format!("messages[{i}]: tool call arguments must be a JSON object"),
-                        "messages",
-                    ));
-                }
-                Ok(json!({"function": {"name": f.get("name").cloned().unwrap_or(Value::Null), "arguments": args}}))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+            .into_iter()
+            .map(|c| json!({"function": {"name": c.name, "arguments": c.arguments}}))
+            .collect();
         out.insert("tool_calls".into(), Value::Array(calls));
     }
-    if let Some(id) = &m.tool_call_id
-        && let Some((_, name)) = tool_names.iter().find(|(call, _)| call == id)
-    {
+    if let Some(name) = m.tool_call_id.as_deref().and_then(|id| req.tool_name_for(id)) {
         out.insert("tool_name".into(), json!(name));
     }
     Ok(Value::Object(out))
