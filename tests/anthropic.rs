@@ -20,15 +20,6 @@ async fn setup() -> (MockUpstream, TestGateway) {
     (mock, gw)
 }
 
-async fn post(gw: &TestGateway, path: &str, body: &Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(gw.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn ask() -> Value {
     json!({"model": "claude", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}]})
 }
@@ -45,7 +36,7 @@ fn anthropic_events(path: &str) -> Vec<String> {
 async fn a_chat_request_is_translated_there_and_back() {
     let (mock, gw) = setup().await;
     mock.push(Script::json(200, fixture_json("anthropic/messages_response.json")));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["object"], "chat.completion");
@@ -88,7 +79,7 @@ async fn a_streamed_tool_call_arrives_as_openai_chunks() {
     req["stream"] = json!(true);
     req["stream_options"] = json!({"include_usage": true});
     req["tools"] = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
-    let resp = post(&gw, "/v1/chat/completions", &req).await;
+    let resp = gw.post("/v1/chat/completions", &req).await;
     assert_eq!(resp.status(), 200);
     let data = sse_data(&resp.text().await.unwrap());
     assert_eq!(data.last().unwrap(), "[DONE]");
@@ -126,19 +117,19 @@ async fn a_streamed_tool_call_arrives_as_openai_chunks() {
 async fn anthropic_errors_become_openai_errors() {
     let (mock, gw) = setup().await;
     mock.push(Script::error_fixture("anthropic/error_529_overloaded.json"));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(resp.status(), 503);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["type"], "overloaded_error");
     assert_eq!(v["error"]["message"], "Overloaded");
 
     mock.push(Script::error_fixture("anthropic/error_429_rate_limit.json"));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().get("retry-after").is_some());
 
     mock.push(Script::error_fixture("anthropic/error_400_invalid_request.json"));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(resp.status(), 400);
     assert_eq!(
         resp.json::<Value>().await.unwrap()["error"]["type"],
@@ -146,7 +137,7 @@ async fn anthropic_errors_become_openai_errors() {
     );
 
     mock.push(Script::error_fixture("anthropic/error_401_authentication.json"));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(resp.status(), 502);
     assert_eq!(
         resp.json::<Value>().await.unwrap()["error"]["code"],
@@ -168,7 +159,7 @@ async fn failures_during_a_stream_end_it_with_an_error_event() {
         done: false,
         break_after: None,
     });
-    let data = sse_data(&post(&gw, "/v1/chat/completions", &req).await.text().await.unwrap());
+    let data = sse_data(&gw.post("/v1/chat/completions", &req).await.text().await.unwrap());
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(last["error"]["type"], "overloaded_error");
 
@@ -181,7 +172,7 @@ async fn failures_during_a_stream_end_it_with_an_error_event() {
         done: false,
         break_after: None,
     });
-    let resp = post(&gw, "/v1/chat/completions", &req).await;
+    let resp = gw.post("/v1/chat/completions", &req).await;
     assert_eq!(resp.status(), 503);
 
     let mut cut = anthropic_events("anthropic/messages_stream.sse");
@@ -192,7 +183,7 @@ async fn failures_during_a_stream_end_it_with_an_error_event() {
         done: false,
         break_after: None,
     });
-    let data = sse_data(&post(&gw, "/v1/chat/completions", &req).await.text().await.unwrap());
+    let data = sse_data(&gw.post("/v1/chat/completions", &req).await.text().await.unwrap());
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_disconnected");
 }
@@ -202,10 +193,12 @@ async fn what_anthropic_cannot_do_is_refused_before_calling_it() {
     let (mock, gw) = setup().await;
     let mut req = ask();
     req["n"] = json!(2);
-    let resp = post(&gw, "/v1/chat/completions", &req).await;
+    let resp = gw.post("/v1/chat/completions", &req).await;
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.json::<Value>().await.unwrap()["error"]["param"], "n");
-    let resp = post(&gw, "/v1/embeddings", &json!({"model": "claude", "input": "x"})).await;
+    let resp = gw
+        .post("/v1/embeddings", &json!({"model": "claude", "input": "x"}))
+        .await;
     assert_eq!(resp.status(), 400);
     assert_eq!(
         resp.json::<Value>().await.unwrap()["error"]["code"],

@@ -1202,3 +1202,17 @@ async fn shutdown_delay_fails_ready_but_keeps_serving_for_a_while() {
         "then it stops accepting"
     );
 }
+
+#[tokio::test]
+async fn a_stream_answered_with_plain_json_is_an_error_not_a_hang() {
+    let (mock, gw) = setup().await;
+    mock.push(Script::json(
+        200,
+        json!({"error": {"message": "quota exhausted", "type": "insufficient_quota"}}),
+    ));
+    let v = assert_openai_error(post_chat(&gw, &stream_req()).await, 502).await;
+    assert_eq!(v["error"]["message"], "quota exhausted");
+    mock.push(Script::json(200, fixture_json("openai/chat_response.json")));
+    let v = assert_openai_error(post_chat(&gw, &stream_req()).await, 502).await;
+    assert_eq!(v["error"]["code"], "upstream_invalid_response");
+}

@@ -20,15 +20,6 @@ async fn setup() -> (MockUpstream, TestGateway) {
     (mock, gw)
 }
 
-async fn post(gw: &TestGateway, path: &str, body: &Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(gw.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn ask() -> Value {
     json!({"model": "flash", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Weather in Paris?"}], "max_tokens": 64})
 }
@@ -37,7 +28,7 @@ fn ask() -> Value {
 async fn a_chat_request_is_translated_there_and_back() {
     let (mock, gw) = setup().await;
     mock.push(Script::json(200, fixture_json("gemini/generate_response.json")));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["object"], "chat.completion");
@@ -68,7 +59,7 @@ async fn a_stream_that_closes_after_its_finish_reason_is_complete() {
     let mut req = ask();
     req["stream"] = json!(true);
     req["stream_options"] = json!({"include_usage": true});
-    let data = sse_data(&post(&gw, "/v1/chat/completions", &req).await.text().await.unwrap());
+    let data = sse_data(&gw.post("/v1/chat/completions", &req).await.text().await.unwrap());
     assert_eq!(data.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = data[..data.len() - 1]
         .iter()
@@ -101,7 +92,7 @@ async fn a_stream_that_closes_after_its_finish_reason_is_complete() {
         done: false,
         break_after: None,
     });
-    let data = sse_data(&post(&gw, "/v1/chat/completions", &req).await.text().await.unwrap());
+    let data = sse_data(&gw.post("/v1/chat/completions", &req).await.text().await.unwrap());
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_disconnected");
 }
@@ -110,7 +101,7 @@ async fn a_stream_that_closes_after_its_finish_reason_is_complete() {
 async fn google_errors_become_openai_errors() {
     let (mock, gw) = setup().await;
     mock.push(Script::error_fixture("gemini/error_429_resource_exhausted.json"));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "37", "from RetryInfo.retryDelay");
     assert_eq!(
@@ -119,7 +110,7 @@ async fn google_errors_become_openai_errors() {
     );
 
     mock.push(Script::error_fixture("gemini/error_400_api_key_invalid.json"));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(
         resp.status(),
         502,
@@ -131,7 +122,7 @@ async fn google_errors_become_openai_errors() {
     );
 
     mock.push(Script::error_fixture("gemini/error_503_unavailable.json"));
-    assert_eq!(post(&gw, "/v1/chat/completions", &ask()).await.status(), 503);
+    assert_eq!(gw.post("/v1/chat/completions", &ask()).await.status(), 503);
 }
 
 #[tokio::test]
@@ -139,12 +130,12 @@ async fn embeddings_use_batch_embed_contents() {
     let (mock, gw) = setup().await;
     let one = fixture_json("gemini/embed_response.json")["embedding"].clone();
     mock.push(Script::json(200, json!({"embeddings": [one.clone(), one]})));
-    let resp = post(
-        &gw,
-        "/v1/embeddings",
-        &json!({"model": "flash", "input": ["a", "b"], "dimensions": 4}),
-    )
-    .await;
+    let resp = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "flash", "input": ["a", "b"], "dimensions": 4}),
+        )
+        .await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["data"].as_array().unwrap().len(), 2);

@@ -18,15 +18,6 @@ async fn setup() -> (MockUpstream, TestGateway) {
     (mock, gw)
 }
 
-async fn post(gw: &TestGateway, path: &str, body: &Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(gw.url(path))
-        .json(body)
-        .send()
-        .await
-        .unwrap()
-}
-
 fn ask() -> Value {
     json!({"model": "llama", "messages": [{"role": "user", "content": "Weather in Paris?"}], "temperature": 0.2})
 }
@@ -43,7 +34,7 @@ fn lines(path: &str) -> Vec<String> {
 async fn chat_is_translated_there_and_back() {
     let (mock, gw) = setup().await;
     mock.push(Script::json(200, fixture_json("ollama/chat_response.json")));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["object"], "chat.completion");
@@ -68,7 +59,7 @@ async fn an_ndjson_stream_becomes_openai_chunks_split_anywhere() {
     let mut req = ask();
     req["stream"] = json!(true);
     req["stream_options"] = json!({"include_usage": true});
-    let data = sse_data(&post(&gw, "/v1/chat/completions", &req).await.text().await.unwrap());
+    let data = sse_data(&gw.post("/v1/chat/completions", &req).await.text().await.unwrap());
     assert_eq!(data.last().unwrap(), "[DONE]");
     let chunks: Vec<Value> = data[..data.len() - 1]
         .iter()
@@ -95,7 +86,9 @@ async fn an_ndjson_stream_becomes_openai_chunks_split_anywhere() {
 async fn embeddings_go_to_api_embed() {
     let (mock, gw) = setup().await;
     mock.push(Script::json(200, fixture_json("ollama/embed_response.json")));
-    let resp = post(&gw, "/v1/embeddings", &json!({"model": "llama", "input": ["a", "b"]})).await;
+    let resp = gw
+        .post("/v1/embeddings", &json!({"model": "llama", "input": ["a", "b"]}))
+        .await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["object"], "list");
@@ -114,14 +107,14 @@ async fn embeddings_go_to_api_embed() {
 async fn ollama_errors_become_openai_errors() {
     let (mock, gw) = setup().await;
     mock.push(Script::error_fixture("ollama/error_404_model_not_found.json"));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["error"]["code"], "model_not_found");
     assert_eq!(v["error"]["message"], "model 'llama9' not found");
 
     mock.push(Script::error_fixture("ollama/error_400_no_tools.json"));
-    let resp = post(&gw, "/v1/chat/completions", &ask()).await;
+    let resp = gw.post("/v1/chat/completions", &ask()).await;
     assert_eq!(resp.status(), 400);
 
     let mut req = ask();
@@ -133,7 +126,7 @@ async fn ollama_errors_become_openai_errors() {
         lines: broken,
         gap: Duration::ZERO,
     });
-    let data = sse_data(&post(&gw, "/v1/chat/completions", &req).await.text().await.unwrap());
+    let data = sse_data(&gw.post("/v1/chat/completions", &req).await.text().await.unwrap());
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(
         last["error"]["message"],
@@ -146,7 +139,7 @@ async fn ollama_errors_become_openai_errors() {
         lines: cut,
         gap: Duration::ZERO,
     });
-    let data = sse_data(&post(&gw, "/v1/chat/completions", &req).await.text().await.unwrap());
+    let data = sse_data(&gw.post("/v1/chat/completions", &req).await.text().await.unwrap());
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_disconnected");
 }

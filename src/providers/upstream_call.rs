@@ -10,6 +10,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::{Call, UpstreamClient, UpstreamError};
+use crate::api::ApiError;
 use crate::config::{HttpSpec, KeyState};
 
 /// Largest error body read from an upstream.
@@ -25,25 +26,23 @@ pub struct JsonPost<'a> {
     pub headers: &'a [(HeaderName, HeaderValue)],
 }
 
-pub enum Answer {
-    Success {
-        headers: HeaderMap,
-        body: Incoming,
-        deadline: Instant,
-    },
-    Failure {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-    },
+/// A successful answer: its headers and the body still to read.
+pub struct Success {
+    pub headers: HeaderMap,
+    pub body: Incoming,
+    pub deadline: Instant,
 }
 
+/// Sends the POST. An error status, or a streamed request answered without
+/// a stream (an error body, or a broken server), comes back as an error:
+/// `translate` turns the upstream's error body into the client's error.
 pub async fn post_json(
     client: &UpstreamClient,
     spec: &HttpSpec,
     call: &Call<'_>,
     post: JsonPost<'_>,
-) -> Result<Answer, UpstreamError> {
+    translate: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> ApiError,
+) -> Result<Success, UpstreamError> {
     if let KeyState::Missing(vars) = &spec.key {
         return Err(UpstreamError::NotConfigured(format!(
             "provider `{}` has no API key: set {} in the gateway's environment",
@@ -80,21 +79,37 @@ pub async fn post_json(
     let deadline = client.total_deadline();
     let resp = client.send(req, deadline, post.stream).await?;
     let (parts, body) = resp.into_parts();
-    if parts.status.is_success() {
-        return Ok(Answer::Success {
+    let streamed = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with(post.stream_type));
+    if parts.status.is_success() && (streamed || !post.stream) {
+        return Ok(Success {
             headers: parts.headers,
             body,
             deadline,
         });
     }
-    let body = client
+    let raw = client
         .read_body(body, MAX_ERROR_BYTES, deadline)
         .await
         .unwrap_or_default();
-    Ok(Answer::Failure {
-        status: parts.status,
-        headers: parts.headers,
-        body,
+    if !parts.status.is_success() {
+        return Err(UpstreamError::Status {
+            error: translate(parts.status, &parts.headers, &raw),
+        });
+    }
+    let is_error = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&raw)
+        .is_ok_and(|m| m.contains_key("error"));
+    if is_error {
+        return Err(UpstreamError::Status {
+            error: translate(StatusCode::BAD_GATEWAY, &parts.headers, &raw),
+        });
+    }
+    Err(UpstreamError::Protocol {
+        provider: client.provider().to_owned(),
+        detail: "a streamed request was answered without a stream".into(),
     })
 }
 

@@ -374,6 +374,16 @@ impl TestGateway {
         }
     }
 
+    /// POSTs JSON without a gateway key (for gateways configured without keys).
+    pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(self.url("/metrics")).await.unwrap().text().await.unwrap()
     }

@@ -8,14 +8,13 @@ mod response;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::event_body::{self, SseBody, Translate};
-use super::upstream_call::{Answer, JsonPost, key_header, post_json};
+use super::upstream_call::{JsonPost, key_header, post_json};
 use super::upstream_status;
 use super::{Call, EventStream, Provider, Reply, UpstreamClient, UpstreamError};
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
@@ -23,7 +22,6 @@ use crate::config::{HttpSpec, KeyState};
 use response::{Step, StreamTranslator};
 
 const MAX_ANSWER_BYTES: usize = 64 << 20;
-const MAX_ERROR_BYTES: usize = 64 << 10;
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
@@ -179,46 +177,18 @@ impl Provider for AnthropicProvider {
             stream_type: "text/event-stream",
             headers: &headers,
         };
-        let (response_headers, body, deadline) = match post_json(&self.client, &self.spec, &call, post).await? {
-            Answer::Success {
-                headers,
-                body,
-                deadline,
-            } => (headers, body, deadline),
-            Answer::Failure { status, headers, body } => {
-                return Err(UpstreamError::Status {
-                    error: self.translate_error(status, &headers, &body),
-                });
-            }
-        };
-        let is_sse = response_headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("text/event-stream"));
-        if stream && is_sse {
+        let answer = post_json(&self.client, &self.spec, &call, post, |status, headers, raw| {
+            self.translate_error(status, headers, raw)
+        })
+        .await?;
+        let (body, deadline) = (answer.body, answer.deadline);
+        if stream {
             return Ok(Reply::Stream(relay(
                 body,
                 self.client.clone(),
                 deadline,
                 self.spec.key.clone(),
             )));
-        }
-        if stream {
-            // A JSON answer to a streamed request is an error body or a broken server.
-            let raw = self
-                .client
-                .read_body(body, MAX_ERROR_BYTES, deadline)
-                .await
-                .unwrap_or_default();
-            return Err(match serde_json::from_slice::<Value>(&raw) {
-                Ok(v) if v.get("error").is_some() => UpstreamError::Status {
-                    error: self.translate_error(StatusCode::BAD_GATEWAY, &response_headers, &raw),
-                },
-                _ => UpstreamError::Protocol {
-                    provider: self.name().to_owned(),
-                    detail: "a streamed request was answered without an event stream".into(),
-                },
-            });
         }
         let raw = self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await?;
         let (body, usage) = response::to_chat_completion(&raw).map_err(|e| UpstreamError::Protocol {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::event_body::{self, SseBody, Translate};
-use super::upstream_call::{Answer, JsonPost, key_header, post_json};
+use super::upstream_call::{JsonPost, key_header, post_json};
 use super::{
     Call, EventStream, Provider, Reply, StreamEvent, UpstreamClient, UpstreamError, percent_encode, upstream_status,
 };
@@ -70,15 +70,12 @@ impl GeminiProvider {
             stream_type: "text/event-stream",
             headers: &headers,
         };
-        match post_json(&self.client, &self.spec, call, post).await? {
-            Answer::Success { body, deadline, .. } => Ok((body, deadline)),
-            Answer::Failure { status, body, .. } => {
-                let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                Err(UpstreamError::Status {
-                    error: self.translate_error(status, &value),
-                })
-            }
-        }
+        let answer = post_json(&self.client, &self.spec, call, post, |status, _, raw| {
+            let value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+            self.translate_error(status, &value)
+        })
+        .await?;
+        Ok((answer.body, answer.deadline))
     }
 
     /// Google's `{"error":{code, message, status, details}}` → the client's error.

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::event_body::{self, NdjsonBody, Translate};
-use super::upstream_call::{Answer, JsonPost, key_header, post_json};
+use super::upstream_call::{JsonPost, key_header, post_json};
 use super::upstream_status;
 use super::{Call, EventStream, Provider, Reply, UpstreamClient, UpstreamError};
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
@@ -72,12 +72,11 @@ impl OllamaProvider {
             stream_type: "application/x-ndjson",
             headers: &headers,
         };
-        match post_json(&self.client, &self.spec, call, post).await? {
-            Answer::Success { body, deadline, .. } => Ok((body, deadline)),
-            Answer::Failure { status, headers, body } => Err(UpstreamError::Status {
-                error: self.translate_error(status, &headers, &body),
-            }),
-        }
+        let answer = post_json(&self.client, &self.spec, call, post, |status, headers, raw| {
+            self.translate_error(status, headers, raw)
+        })
+        .await?;
+        Ok((answer.body, answer.deadline))
     }
 
     /// Ollama's `{"error": "..."}` → the client's error; a missing model is a 404 `model_not_found`.

@@ -8,13 +8,12 @@ mod errors;
 mod stream;
 
 use async_trait::async_trait;
-use http::header::CONTENT_TYPE;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use serde::Serialize;
 
 use super::client::UpstreamClient;
 use super::error::UpstreamError;
-use super::upstream_call::{Answer, JsonPost, key_header, post_json};
+use super::upstream_call::{JsonPost, key_header, post_json};
 use super::upstream_status;
 use super::{Call, Provider, Reply, percent_encode};
 use crate::api::usage::find_usage;
@@ -137,39 +136,23 @@ impl OpenAiProvider {
             stream_type: "text/event-stream",
             headers: &self.own_headers,
         };
-        let (response_headers, body, deadline) = match post_json(&self.client, &self.spec, &call, post).await? {
-            Answer::Success {
-                headers,
-                body,
-                deadline,
-            } => (headers, body, deadline),
-            Answer::Failure { status, headers, body } => {
-                return Err(UpstreamError::Status {
-                    error: self.translate_error(status, &headers, &body),
-                });
-            }
-        };
-        let content_type = response_headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if stream && content_type.starts_with("text/event-stream") {
-            let azure = matches!(self.flavor, Flavor::Azure { .. });
-            return Ok(Reply::Stream(stream::relay(body, self.client.clone(), deadline, azure)));
-        }
-        let raw = self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await?;
+        let answer = post_json(&self.client, &self.spec, &call, post, |status, headers, raw| {
+            self.translate_error(status, headers, raw)
+        })
+        .await?;
         if stream {
-            // A JSON answer to a streamed request is an error body or a broken server.
-            let error = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&raw)
-                .is_ok_and(|m| m.contains_key("error"));
-            return Err(if error {
-                UpstreamError::Status {
-                    error: self.translate_error(StatusCode::BAD_GATEWAY, &response_headers, &raw),
-                }
-            } else {
-                self.protocol("a streamed request was answered without an event stream")
-            });
+            let azure = matches!(self.flavor, Flavor::Azure { .. });
+            return Ok(Reply::Stream(stream::relay(
+                answer.body,
+                self.client.clone(),
+                answer.deadline,
+                azure,
+            )));
         }
+        let raw = self
+            .client
+            .read_body(answer.body, MAX_ANSWER_BYTES, answer.deadline)
+            .await?;
         // The answer is passed on as it came; only its usage is read.
         if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(self.protocol("the answer is not a JSON object"));
