@@ -16,6 +16,9 @@ pub struct Usage {
     pub completion_tokens: u64,
     #[serde(default, deserialize_with = "lenient_count")]
     pub total_tokens: u64,
+    /// Counted by tollgate because the upstream reported none; never sent to clients.
+    #[serde(skip)]
+    pub estimated: bool,
 }
 
 impl Usage {
@@ -24,6 +27,15 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            estimated: false,
+        }
+    }
+
+    /// Usage counted by tollgate (see `metering::estimate`), not reported upstream.
+    pub fn estimated(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Usage {
+            estimated: true,
+            ..Usage::new(prompt_tokens, completion_tokens)
         }
     }
 }
@@ -160,7 +172,8 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 3,
                 completion_tokens: 0,
-                total_tokens: 4
+                total_tokens: 4,
+                estimated: false,
             })
         );
         let u: UsageOnly = serde_json::from_str(r#"{"usage":"n/a","x":1}"#).unwrap();
@@ -175,7 +188,8 @@ mod tests {
             Some(Usage {
                 prompt_tokens: 7,
                 completion_tokens: 0,
-                total_tokens: 0
+                total_tokens: 0,
+                estimated: false,
             })
         );
     }

@@ -68,6 +68,10 @@ pub enum ProviderKind {
         num_ctx: Option<u32>,
     },
     Gemini(HttpSpec),
+    HuggingFace {
+        http: HttpSpec,
+        template: crate::providers::huggingface::ChatTemplate,
+    },
     Simulated(SimulatedSection),
 }
 
@@ -79,7 +83,8 @@ impl ProviderKind {
             | ProviderKind::Azure { http: h, .. }
             | ProviderKind::Anthropic { http: h, .. }
             | ProviderKind::Ollama { http: h, .. }
-            | ProviderKind::Gemini(h) => Some(h),
+            | ProviderKind::Gemini(h)
+            | ProviderKind::HuggingFace { http: h, .. } => Some(h),
             ProviderKind::Simulated(_) => None,
         }
     }
@@ -520,6 +525,21 @@ impl Validator<'_> {
                 )?;
                 http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
                 ProviderKind::Gemini(http)
+            }
+            ProviderSection::Huggingface(p) => {
+                let mut http = self.http(
+                    name,
+                    &p.base_url,
+                    p.api_key.as_deref(),
+                    "authorization",
+                    &p.headers,
+                    &p.timeouts,
+                )?;
+                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
+                ProviderKind::HuggingFace {
+                    http,
+                    template: p.chat_template,
+                }
             }
             ProviderSection::Simulated(s) => {
                 let usable = s.tokens_per_second == 0.0

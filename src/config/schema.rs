@@ -128,6 +128,8 @@ pub enum ProviderSection {
     Ollama(OllamaSection),
     /// Google's Gemini API, translated both ways.
     Gemini(GeminiSection),
+    /// Hugging Face TGI's native `/generate` and TEI's `/embed`, translated both ways.
+    Huggingface(HuggingFaceSection),
     /// Built in, no network.
     Simulated(SimulatedSection),
 }
@@ -252,6 +254,29 @@ pub struct GeminiSection {
     pub timeouts: TimeoutSection,
     #[serde(default)]
     pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HuggingFaceSection {
+    #[serde(default = "default_tgi_base")]
+    pub base_url: String,
+    /// For Inference Endpoints (sent as a Bearer token); a local server needs none.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// The prompt format `/generate` gets chat turns in.
+    #[serde(default)]
+    pub chat_template: crate::providers::huggingface::ChatTemplate,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: TimeoutSection,
+    #[serde(default)]
+    pub ca_file: Option<String>,
+}
+
+fn default_tgi_base() -> String {
+    "http://127.0.0.1:8080".into()
 }
 
 fn default_gemini_base() -> String {

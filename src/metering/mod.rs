@@ -1,6 +1,7 @@
 //! Metering: Prometheus metrics now; usage ledger, prices and tokenizer
 //! fallback arrive with the metering work.
 
+pub mod estimate;
 pub mod metrics;
 
 pub use metrics::{Endpoint, Labels, Metrics, Series};

@@ -10,6 +10,7 @@ mod client;
 pub mod error;
 mod event_body;
 pub mod gemini;
+pub mod huggingface;
 pub mod ollama;
 pub mod openai;
 pub mod simulated;
@@ -138,6 +139,11 @@ pub fn build(spec: &ProviderSpec) -> Arc<dyn Provider> {
             Arc::new(ollama::OllamaProvider::new(&spec.name, http.clone(), settings))
         }
         ProviderKind::Gemini(http) => Arc::new(gemini::GeminiProvider::new(&spec.name, http.clone())),
+        ProviderKind::HuggingFace { http, template } => Arc::new(huggingface::HuggingFaceProvider::new(
+            &spec.name,
+            http.clone(),
+            *template,
+        )),
         ProviderKind::Simulated(sim) => Arc::new(simulated::SimulatedProvider::new(sim.clone())),
     }
 }

@@ -302,11 +302,7 @@ impl Provider for SimulatedProvider {
                 json!({"object": "embedding", "index": index, "embedding": embedding})
             })
             .collect();
-        let usage = Usage {
-            prompt_tokens,
-            completion_tokens: 0,
-            total_tokens: prompt_tokens,
-        };
+        let usage = Usage::new(prompt_tokens, 0);
         let body = json!({"object": "list", "data": data, "model": call.requested_model, "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}});
         Ok(Reply::Complete {
             body: encode(&body),

@@ -172,11 +172,17 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
     match reply {
         Reply::Complete { body, usage } => {
             meter.finish(200);
+            let estimated = usage.is_some_and(|u| u.estimated);
             if let Some(u) = usage {
                 meter.usage(u);
             }
             let mut resp = respond::json(StatusCode::OK, body);
             resp.headers_mut().insert("x-tollgate-backend", backend.header.clone());
+            if estimated {
+                // The upstream reported no usage: the counts in the body are tollgate's estimate.
+                resp.headers_mut()
+                    .insert("x-tollgate-usage", HeaderValue::from_static("estimated"));
+            }
             resp
         }
         Reply::Stream(mut events) if stream => {

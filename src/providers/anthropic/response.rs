@@ -47,9 +47,8 @@ impl AnthropicUsage {
             .saturating_add(self.cache_creation_input_tokens.unwrap_or(0));
         let completion = self.output_tokens.unwrap_or(0);
         Usage {
-            prompt_tokens: prompt,
-            completion_tokens: completion,
             total_tokens: prompt.saturating_add(completion),
+            ..Usage::new(prompt, completion)
         }
     }
 
