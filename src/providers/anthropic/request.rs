@@ -2,8 +2,10 @@
 //! against the fixture translation.
 //!
 //! Rules for what Anthropic cannot take (documented in the README):
-//! - rejected (400): `n` > 1, `response_format` json_object/json_schema,
-//!   `temperature` > 1, audio and file parts, the deprecated `function` role,
+//! - JSON mode: `json_schema` → `output_config.format` (structured output);
+//!   `json_object`, which Anthropic has no mode for, → an instruction at the
+//!   end of `system` to answer with one JSON object;
+//! - rejected (400): `n` > 1, other `response_format` types, `temperature` > 1, audio and file parts, the deprecated `function` role,
 //!   tool-call arguments that are not a JSON object;
 //! - dropped: `stream_options` (usage always comes), `seed`, `logit_bias`,
 //!   `logprobs`, `presence_penalty`, `frequency_penalty`, `service_tier`,
@@ -13,6 +15,17 @@ use serde_json::{Map, Value, json};
 
 use crate::api::chat::{ChatMessage, ContentPart, MessageContent, Role, ToolChoice, base64_data_url};
 use crate::api::{ApiError, ChatRequest};
+
+/// How a JSON-mode request reaches Anthropic.
+enum JsonMode {
+    /// `json_object`: Anthropic has no such mode, so the model is told.
+    Instructed,
+    /// `json_schema`: structured output constrained to the schema.
+    Schema(Value),
+}
+
+/// Appended to `system` for `response_format: json_object`.
+pub const JSON_OBJECT_INSTRUCTION: &str = "Answer with one valid JSON object and nothing else.";
 
 fn unsupported(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::bad_request(message)
@@ -32,18 +45,23 @@ pub fn to_messages_request(req: &ChatRequest, model: &str, default_max_tokens: u
     if req.n.is_some_and(|n| n > 1) {
         return Err(unsupported("Anthropic models return one choice: `n` must be 1", "n"));
     }
-    if let Some(kind) = req
-        .response_format
-        .as_ref()
-        .and_then(|f| f.get("type"))
-        .and_then(Value::as_str)
-        && kind != "text"
-    {
-        return Err(unsupported(
-            format!("`response_format` {kind} is not supported by Anthropic models through tollgate yet"),
-            "response_format",
-        ));
-    }
+    let format = req.response_format.as_ref();
+    let json_mode = match format.and_then(|f| f.get("type")).and_then(Value::as_str) {
+        None | Some("text") => None,
+        Some("json_object") => Some(JsonMode::Instructed),
+        Some("json_schema") => Some(JsonMode::Schema(
+            format
+                .and_then(|f| f.pointer("/json_schema/schema"))
+                .cloned()
+                .ok_or_else(|| unsupported("`response_format.json_schema.schema` is required", "response_format"))?,
+        )),
+        Some(kind) => {
+            return Err(unsupported(
+                format!("`response_format` {kind} is not supported by Anthropic models"),
+                "response_format",
+            ));
+        }
+    };
     if req.temperature.is_some_and(|t| t > 1.0) {
         return Err(unsupported(
             "Anthropic models take `temperature` between 0 and 1",
@@ -97,6 +115,9 @@ pub fn to_messages_request(req: &ChatRequest, model: &str, default_max_tokens: u
         "max_tokens".into(),
         json!(req.max_output_tokens().unwrap_or(default_max_tokens)),
     );
+    if matches!(json_mode, Some(JsonMode::Instructed)) {
+        system.push(JSON_OBJECT_INSTRUCTION.to_owned());
+    }
     match system.len() {
         0 => {}
         1 => {
@@ -107,6 +128,12 @@ pub fn to_messages_request(req: &ChatRequest, model: &str, default_max_tokens: u
         }
     }
     out.insert("messages".into(), Value::Array(messages));
+    if let Some(JsonMode::Schema(schema)) = json_mode {
+        out.insert(
+            "output_config".into(),
+            json!({"format": {"type": "json_schema", "schema": schema}}),
+        );
+    }
     if let Some(tools) = &req.tools {
         out.insert(
             "tools".into(),
@@ -320,10 +347,29 @@ mod tests {
     }
 
     #[test]
+    fn json_mode_is_a_schema_or_an_instruction() {
+        let schema = request(
+            r#"{"model":"c","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"w","schema":{"type":"object","properties":{"t":{"type":"number"}}}}}}"#,
+        );
+        let got = to_messages_request(&schema, "m", 1).unwrap();
+        assert_eq!(
+            got["output_config"],
+            json!({"format": {"type": "json_schema", "schema": {"type": "object", "properties": {"t": {"type": "number"}}}}})
+        );
+        assert!(got.get("system").is_none());
+        let object = request(
+            r#"{"model":"c","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+        );
+        let got = to_messages_request(&object, "m", 1).unwrap();
+        assert_eq!(got["system"], format!("Be brief.\n\n{JSON_OBJECT_INSTRUCTION}"));
+        assert!(got.get("output_config").is_none());
+    }
+
+    #[test]
     fn what_anthropic_cannot_honour_is_rejected_with_its_param() {
         for (extra, param) in [
             (r#","n":2"#, "n"),
-            (r#","response_format":{"type":"json_object"}"#, "response_format"),
+            (r#","response_format":{"type":"yaml"}"#, "response_format"),
             (r#","temperature":1.5"#, "temperature"),
             (r#","tool_choice":"sometimes""#, "tool_choice"),
         ] {

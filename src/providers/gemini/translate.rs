@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::api::chat::{ChatMessage, MessageContent, Role, ToolChoice, base64_data_url};
 use crate::api::embeddings::{EncodingFormat, Input, base64_f32};
 use crate::api::{ApiError, ChatRequest, EmbeddingsRequest, Usage};
+use crate::metering::estimate;
 use crate::providers::StreamEvent;
 
 fn unsupported(message: impl Into<String>, param: &str) -> ApiError {
@@ -468,12 +469,13 @@ pub fn to_embeddings(raw: &[u8], req: &EmbeddingsRequest) -> Result<(Bytes, Usag
         .inputs()
         .iter()
         .map(|i| match i {
-            Input::Text(t) => (t.len() as u64).div_ceil(4).max(1),
+            Input::Text(t) => estimate::tokens(t).max(1),
             Input::Tokens(t) => t.len() as u64,
         })
         .sum();
     let body = json!({"object": "list", "data": data, "model": req.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
-    Ok((Bytes::from(serde_json::to_vec(&body)?), Usage::new(tokens, 0)))
+    // Gemini reports no usage for embeddings.
+    Ok((Bytes::from(serde_json::to_vec(&body)?), Usage::estimated(tokens, 0)))
 }
 
 #[cfg(test)]
