@@ -2,6 +2,8 @@
 //! both on real loopback sockets.
 #![allow(dead_code)]
 
+pub mod wire;
+
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
