@@ -27,8 +27,12 @@ pub fn parse(body: &Value) -> Ask {
         ask.user_text = text_of(&user["content"]);
         for block in user["content"].as_array().into_iter().flatten() {
             match block.pointer("/source/type").and_then(Value::as_str) {
-                Some("base64") => ask.images.push(block["source"]["media_type"].as_str().unwrap_or("?").to_owned()),
-                Some("url") => ask.images.push(block["source"]["url"].as_str().unwrap_or("?").to_owned()),
+                Some("base64") => ask
+                    .images
+                    .push(block["source"]["media_type"].as_str().unwrap_or("?").to_owned()),
+                Some("url") => ask
+                    .images
+                    .push(block["source"]["url"].as_str().unwrap_or("?").to_owned()),
                 _ => {}
             }
         }
@@ -72,8 +76,10 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
             let input: Value = serde_json::from_str(&t.arguments()).unwrap();
             content.push(json!({"type": "tool_use", "id": "toolu_mock_1", "name": t.name, "input": input}));
         }
-        return Out::ok(json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": ask.model,
-            "content": content, "stop_reason": reason, "stop_sequence": sequence, "usage": usage(COMPLETION_TOKENS)}));
+        return Out::ok(
+            json!({"id": "msg_mock", "type": "message", "role": "assistant", "model": ask.model,
+            "content": content, "stop_reason": reason, "stop_sequence": sequence, "usage": usage(COMPLETION_TOKENS)}),
+        );
     }
     let mut frames = vec![
         event(
@@ -105,7 +111,10 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
                 frames,
             };
         }
-        frames.push(event("content_block_stop", &json!({"type": "content_block_stop", "index": 0})));
+        frames.push(event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": 0}),
+        ));
         index = 1;
     }
     if let Some(t) = &a.tool {
@@ -119,7 +128,10 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
                 &json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": p}}),
             ));
         }
-        frames.push(event("content_block_stop", &json!({"type": "content_block_stop", "index": index})));
+        frames.push(event(
+            "content_block_stop",
+            &json!({"type": "content_block_stop", "index": index}),
+        ));
     }
     frames.push(event(
         "message_delta",

@@ -34,7 +34,13 @@ pub fn parse(body: &Value, model: &str, stream: bool) -> Ask {
         ..Ask::default()
     };
     let contents = body["contents"].as_array().cloned().unwrap_or_default();
-    if let Some(user) = contents.iter().rev().find(|c| c["role"] == "user" && c["parts"].as_array().is_some_and(|p| p.iter().any(|p| p.get("text").is_some() || p.get("inlineData").is_some()))) {
+    if let Some(user) = contents.iter().rev().find(|c| {
+        c["role"] == "user"
+            && c["parts"].as_array().is_some_and(|p| {
+                p.iter()
+                    .any(|p| p.get("text").is_some() || p.get("inlineData").is_some())
+            })
+    }) {
         ask.user_text = texts(&user["parts"]);
         for part in user["parts"].as_array().into_iter().flatten() {
             if let Some(mime) = part.pointer("/inlineData/mimeType").and_then(Value::as_str) {

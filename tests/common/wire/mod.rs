@@ -3,6 +3,7 @@
 //!
 //! One server answers every format by path:
 //! - OpenAI: `POST /v1/chat/completions`, `POST /v1/embeddings`
+//!   (Azure: `/openai/deployments/{deployment}/…`)
 //! - Anthropic: `POST /v1/messages`
 //! - Gemini: `POST /v1beta/models/{model}:generateContent`,
 //!   `:streamGenerateContent?alt=sse`, `:batchEmbedContents`
@@ -150,7 +151,9 @@ fn answer(ask: &Ask, wire: &str) -> Answer {
         "echo" => {
             let echo = ask.echo();
             let mid = echo.len() / 2;
-            let mid = (mid..echo.len()).find(|&i| echo.is_char_boundary(i)).unwrap_or(echo.len());
+            let mid = (mid..echo.len())
+                .find(|&i| echo.is_char_boundary(i))
+                .unwrap_or(echo.len());
             a.pieces = vec![echo[..mid].to_owned(), echo[mid..].to_owned()];
         }
         "tool" => match ask.tools.first() {
@@ -281,7 +284,9 @@ impl WireMock {
 /// Serves until the task is dropped.
 pub async fn serve(listener: TcpListener, received: Arc<Mutex<Vec<Received>>>) {
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let received = received.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(req, received.clone()));
@@ -329,6 +334,11 @@ fn route(method: &http::Method, path: &str, query: &str, body: &Value) -> Out {
             chat(ask, "tgi", tgi::render)
         }
         "/embed" => tgi::embeddings(body),
+        // Azure OpenAI: the deployment in the path, OpenAI's bodies.
+        _ if path.starts_with("/openai/deployments/") && path.ends_with("/chat/completions") => {
+            chat(openai::parse(body), "openai", openai::render)
+        }
+        _ if path.starts_with("/openai/deployments/") && path.ends_with("/embeddings") => openai::embeddings(body),
         _ => match path.strip_prefix("/v1beta/models/").and_then(|m| m.split_once(':')) {
             Some((model, "generateContent")) => chat(gemini::parse(body, model, false), "gemini", gemini::render),
             Some((model, "streamGenerateContent")) if query.contains("alt=sse") => {

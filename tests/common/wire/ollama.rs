@@ -35,7 +35,13 @@ pub fn parse(body: &Value) -> Ask {
         // Ollama takes bare base64; the mock names an image by its magic number.
         for image in user["images"].as_array().into_iter().flatten() {
             let b64 = image.as_str().unwrap_or_default();
-            let mime = if b64.starts_with("iVBOR") { "image/png" } else if b64.starts_with("/9j/") { "image/jpeg" } else { "image/unknown" };
+            let mime = if b64.starts_with("iVBOR") {
+                "image/png"
+            } else if b64.starts_with("/9j/") {
+                "image/jpeg"
+            } else {
+                "image/unknown"
+            };
             ask.images.push(mime.to_owned());
         }
     }
@@ -48,7 +54,10 @@ fn line(v: &Value) -> Bytes {
 
 pub fn render(ask: &Ask, a: &Answer) -> Out {
     if a.fail_before {
-        return Out::status(503, json!({"error": "server busy, please try again.  maximum pending requests exceeded"}));
+        return Out::status(
+            503,
+            json!({"error": "server busy, please try again.  maximum pending requests exceeded"}),
+        );
     }
     let created = "2025-08-06T17:06:02.402113Z";
     let reason = if a.finish == Finish::Length { "length" } else { "stop" };
@@ -77,7 +86,9 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
         frames.push(line(&json!({"model": ask.model, "created_at": created, "message": {"role": "assistant", "content": "", "tool_calls": c}, "done": false})));
     }
     if a.fail_midway {
-        frames.push(line(&json!({"error": "an error was encountered while running the model: unexpected EOF"})));
+        frames.push(line(
+            &json!({"error": "an error was encountered while running the model: unexpected EOF"}),
+        ));
     } else {
         frames.push(line(&done(json!({"role": "assistant", "content": ""}))));
     }
@@ -89,8 +100,10 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
 
 pub fn embeddings(body: &Value) -> Out {
     let embeddings: Vec<Vec<f32>> = strings(body.get("input")).iter().map(|t| embedding(t)).collect();
-    Out::ok(json!({"model": body["model"], "embeddings": embeddings, "total_duration": 14_143_917u64,
-                   "load_duration": 1_019_500u64, "prompt_eval_count": PROMPT_TOKENS}))
+    Out::ok(
+        json!({"model": body["model"], "embeddings": embeddings, "total_duration": 14_143_917u64,
+                   "load_duration": 1_019_500u64, "prompt_eval_count": PROMPT_TOKENS}),
+    )
 }
 
 pub fn tags() -> Out {

@@ -77,9 +77,11 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
             message["tool_calls"] =
                 json!([{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments()}}]);
         }
-        return Out::ok(json!({"id": id, "object": "chat.completion", "created": 1_754_499_997, "model": ask.model,
+        return Out::ok(
+            json!({"id": id, "object": "chat.completion", "created": 1_754_499_997, "model": ask.model,
             "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish(&a.finish)}],
-            "usage": usage()}));
+            "usage": usage()}),
+        );
     }
     let chunk = |delta: Value, finish: Option<&str>| {
         let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_754_499_997, "model": ask.model,
@@ -89,7 +91,10 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
         }
         sse(&c)
     };
-    let mut frames = vec![chunk(json!({"role": "assistant", "content": "", "refusal": null}), None)];
+    let mut frames = vec![chunk(
+        json!({"role": "assistant", "content": "", "refusal": null}),
+        None,
+    )];
     frames.extend(a.pieces.iter().map(|p| chunk(json!({"content": p}), None)));
     if let Some(t) = &a.tool {
         frames.push(chunk(
@@ -97,7 +102,10 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
             None,
         ));
         for p in &t.pieces {
-            frames.push(chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}), None));
+            frames.push(chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": p}}]}),
+                None,
+            ));
         }
     }
     if a.fail_midway {

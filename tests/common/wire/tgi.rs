@@ -67,12 +67,22 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
         Finish::Stop => tokens.push(("<|eot_id|>".into(), true)),
         _ => {}
     }
-    let generated: String = tokens.iter().filter(|(_, special)| !special).map(|(t, _)| t.as_str()).collect();
+    let generated: String = tokens
+        .iter()
+        .filter(|(_, special)| !special)
+        .map(|(t, _)| t.as_str())
+        .collect();
     let details = json!({"finish_reason": reason(&a.finish), "generated_tokens": COMPLETION_TOKENS, "seed": null});
     if !ask.stream {
         let mut d = details;
         d["prefill"] = json!([]);
-        d["tokens"] = json!(tokens.iter().enumerate().map(|(i, (t, s))| json!({"id": i, "text": t, "logprob": -0.01, "special": s})).collect::<Vec<_>>());
+        d["tokens"] = json!(
+            tokens
+                .iter()
+                .enumerate()
+                .map(|(i, (t, s))| json!({"id": i, "text": t, "logprob": -0.01, "special": s}))
+                .collect::<Vec<_>>()
+        );
         return Out::Json {
             status: 200,
             headers: vec![
@@ -89,7 +99,9 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
     for (i, (text, special)) in tokens.iter().enumerate() {
         let token = json!({"id": i, "text": text, "logprob": -0.01, "special": special});
         if a.fail_midway && i == last {
-            frames.push(event(&json!({"index": i + 1, "token": token, "generated_text": null, "details": null})));
+            frames.push(event(
+                &json!({"index": i + 1, "token": token, "generated_text": null, "details": null}),
+            ));
             frames.push(Bytes::from_static(b":\n\n"));
             frames.push(event(&json!({"error": "Request failed during generation: Server error: CUDA out of memory", "error_type": "generation"})));
             return Out::Frames {
@@ -104,7 +116,9 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
         } else {
             (Value::Null, Value::Null)
         };
-        frames.push(event(&json!({"index": i + 1, "token": token, "generated_text": text_done, "details": d})));
+        frames.push(event(
+            &json!({"index": i + 1, "token": token, "generated_text": text_done, "details": d}),
+        ));
         if i == 0 {
             // TGI's keep-alive comment.
             frames.push(Bytes::from_static(b":\n\n"));
@@ -120,7 +134,10 @@ pub fn embeddings(body: &Value) -> Out {
     let vectors: Vec<Vec<f32>> = strings(body.get("inputs")).iter().map(|t| embedding(t)).collect();
     Out::Json {
         status: 200,
-        headers: vec![("x-compute-tokens", PROMPT_TOKENS.to_string()), ("x-compute-type", "gpu+optimized".into())],
+        headers: vec![
+            ("x-compute-tokens", PROMPT_TOKENS.to_string()),
+            ("x-compute-type", "gpu+optimized".into()),
+        ],
         body: json!(vectors),
     }
 }
