@@ -22,6 +22,17 @@ pub fn client_status(upstream: StatusCode) -> StatusCode {
     }
 }
 
+/// The OpenAI error type for an upstream error the client sees with `status`
+/// (after [`client_status`]): the client's own mistakes and rate limits keep
+/// their meaning; anything else is the upstream's failure.
+pub fn kind_for(status: StatusCode) -> ErrorKind {
+    match status.as_u16() {
+        400 | 404 | 413 | 422 => ErrorKind::InvalidRequest,
+        429 => ErrorKind::RateLimit,
+        _ => ErrorKind::Upstream,
+    }
+}
+
 /// Seconds to wait, from `retry-after`, `retry-after-ms`, or else OpenAI's
 /// `x-ratelimit-reset-*` of whichever limit is exhausted.
 pub fn retry_after(headers: &HeaderMap) -> Option<u64> {

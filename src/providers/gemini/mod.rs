@@ -98,7 +98,8 @@ impl GeminiProvider {
         }
         let message =
             message.unwrap_or_else(|| format!("provider `{}` answered status {}", self.name(), status.as_u16()));
-        let mut api = ApiError::new(upstream_status::client_status(status), ErrorKind::Upstream, message);
+        let status = upstream_status::client_status(status);
+        let mut api = ApiError::new(status, upstream_status::kind_for(status), message);
         api.code = error.get("status").and_then(Value::as_str).map(str::to_owned);
         // Google sends no Retry-After header: the delay is in RetryInfo.
         api.retry_after = details

@@ -88,7 +88,7 @@ impl HuggingFaceProvider {
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
             return upstream_status::credentials_rejected(self.name(), status, "");
         }
-        let mut error = translate::error(status, raw, self.name());
+        let mut error = translate::error(Some(status), raw, self.name());
         error.retry_after = upstream_status::retry_after(headers);
         error
     }

@@ -28,10 +28,10 @@ use serde_json::{Map, Value, json};
 use super::template::{ChatTemplate, Speaker, Turn};
 use crate::api::chat::{ChatMessage, MessageContent, Role};
 use crate::api::embeddings::{EncodingFormat, base64_f32};
-use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind, Usage};
+use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
 use crate::metering::estimate;
 use crate::providers::StreamEvent;
-use crate::providers::upstream_status::client_status;
+use crate::providers::upstream_status::{client_status, kind_for};
 
 fn unsupported(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::bad_request(message)
@@ -361,29 +361,29 @@ struct TgiError {
     error_type: Option<String>,
 }
 
-/// An error body (before the answer, or as a stream event) as the client's error.
-pub fn error(status: StatusCode, raw: &[u8], provider: &str) -> ApiError {
+/// An error body as the client's error: `status` is the upstream's, or
+/// `None` for an event in a stream, whose meaning comes from its type alone.
+pub fn error(status: Option<StatusCode>, raw: &[u8], provider: &str) -> ApiError {
     let parsed = serde_json::from_slice::<TgiError>(raw).ok();
     let message = match parsed.as_ref().map(|e| &e.error) {
         Some(Value::String(m)) => m.clone(),
         // The Messages API's mid-stream shape: `{"error": {"message", "http_status_code"}}`.
         Some(Value::Object(o)) => o.get("message").and_then(Value::as_str).unwrap_or_default().to_owned(),
-        _ => format!("provider `{provider}` answered status {}", status.as_u16()),
+        _ => format!(
+            "provider `{provider}` failed (status {})",
+            status.map_or(0, |s| s.as_u16())
+        ),
     };
     let error_type = parsed.and_then(|e| e.error_type).map(|t| t.to_ascii_lowercase());
-    let status = match error_type.as_deref() {
-        Some("overloaded") => StatusCode::TOO_MANY_REQUESTS,
-        Some("validation" | "tokenizer" | "template_error" | "missing_template_variable" | "empty") => {
+    let status = match (status, error_type.as_deref()) {
+        (Some(s), _) => client_status(s),
+        (None, Some("overloaded")) => StatusCode::TOO_MANY_REQUESTS,
+        (None, Some("validation" | "tokenizer" | "template_error" | "missing_template_variable" | "empty")) => {
             StatusCode::BAD_REQUEST
         }
-        _ => client_status(status),
+        (None, _) => StatusCode::BAD_GATEWAY,
     };
-    let kind = match status.as_u16() {
-        429 => ErrorKind::RateLimit,
-        400 | 413 | 422 => ErrorKind::InvalidRequest,
-        _ => ErrorKind::Upstream,
-    };
-    let mut api = ApiError::new(status, kind, message);
+    let mut api = ApiError::new(status, kind_for(status), message);
     api.code = error_type;
     api
 }
@@ -491,7 +491,7 @@ impl StreamTranslator {
     pub fn step(&mut self, data: &[u8]) -> Result<Step, serde_json::Error> {
         let event: TokenEvent = serde_json::from_slice(data)?;
         if event.error.is_some() {
-            return Ok(Step::Failed(error(StatusCode::BAD_GATEWAY, data, "huggingface")));
+            return Ok(Step::Failed(error(None, data, "huggingface")));
         }
         let mut out = Vec::new();
         if !self.started {
@@ -700,20 +700,20 @@ mod tests {
     #[test]
     fn tgi_and_tei_errors_keep_their_meaning() {
         let overloaded = br#"{"error":"Model is overloaded","error_type":"overloaded"}"#;
-        let e = error(StatusCode::TOO_MANY_REQUESTS, overloaded, "hf");
+        let e = error(Some(StatusCode::TOO_MANY_REQUESTS), overloaded, "hf");
         assert_eq!(
             (e.status, e.kind.as_str()),
             (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error")
         );
         let tei = br#"{"error":"Input validation error","error_type":"Validation"}"#;
-        let e = error(StatusCode::UNPROCESSABLE_ENTITY, tei, "hf");
+        let e = error(Some(StatusCode::UNPROCESSABLE_ENTITY), tei, "hf");
         assert_eq!(
             (e.status, e.code.as_deref()),
             (StatusCode::BAD_REQUEST, Some("validation"))
         );
         let generation = br#"{"error":"CUDA out of memory","error_type":"generation"}"#;
         assert_eq!(
-            error(StatusCode::FAILED_DEPENDENCY, generation, "hf").status,
+            error(Some(StatusCode::FAILED_DEPENDENCY), generation, "hf").status,
             StatusCode::BAD_GATEWAY
         );
     }

@@ -86,10 +86,10 @@ impl OllamaProvider {
         }
         let message = translate::error_message(raw)
             .unwrap_or_else(|| format!("provider `{}` answered status {}", self.name(), status.as_u16()));
-        let mut error = ApiError::new(upstream_status::client_status(status), ErrorKind::Upstream, message);
+        let status = upstream_status::client_status(status);
+        let mut error = ApiError::new(status, upstream_status::kind_for(status), message);
         if status == StatusCode::NOT_FOUND {
             error = error.with_code("model_not_found").with_param("model");
-            error.kind = ErrorKind::InvalidRequest.as_str().to_owned();
         }
         error.retry_after = upstream_status::retry_after(headers);
         error
