@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's one test command: builds tollgate (debug), runs every Rust
 # test, then the Python end-to-end tests (the official OpenAI SDK against a
-# real `tollgate serve`) in a virtualenv at .venv, then the Node SDK tests.
+# real `tollgate serve`, and each provider's official SDK against the
+# wire-format mocks) in a virtualenv at .venv, then the Node SDK tests.
 #
 #   scripts/test.sh
 #
@@ -19,8 +20,8 @@ REQUIREMENTS="tests/python/requirements.txt"
 step() { printf '\n==> %s\n' "$*"; }
 failed=()
 
-step "cargo build (debug)"
-cargo build --locked --bins
+step "cargo build (debug): the gateway, and the provider mocks the Python tests drive"
+cargo build --locked --bins --examples
 
 step "cargo test"
 if ! cargo test --locked; then
@@ -78,6 +79,7 @@ if [ -z "${TOLLGATE_BIN:-}" ]; then
     # Where cargo put the binary, honouring CARGO_TARGET_DIR and .cargo/config.
     target_dir="$(cargo metadata --format-version 1 --no-deps | "$pytest_python" -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')"
     export TOLLGATE_BIN="$target_dir/debug/tollgate"
+    export MOCK_PROVIDERS_BIN="${MOCK_PROVIDERS_BIN:-$target_dir/debug/examples/mock_providers}"
 fi
 if ! "$pytest_python" -m pytest tests/python -q; then
     failed+=("pytest")

@@ -143,3 +143,94 @@ async fn ollama_errors_become_openai_errors() {
     let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "upstream_disconnected");
 }
+
+/// `/v1/models` as (id, owned_by) pairs.
+async fn model_list(gw: &TestGateway) -> Vec<(String, String)> {
+    let v: Value = reqwest::get(gw.url("/v1/models")).await.unwrap().json().await.unwrap();
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap().to_owned(),
+                m["owned_by"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn discovered_models_are_listed_and_routed_by_their_ollama_names() {
+    let mock = common::wire::WireMock::start().await;
+    // A configured model of the same name as a discovered one wins.
+    let yaml = format!(
+        "providers:\n  local: {{ kind: ollama, base_url: http://{}, discover_models: true }}\n  sim: {{ kind: simulated }}\nmodels:\n  - {{ name: mock-embed:latest, provider: sim }}\n",
+        mock.addr
+    );
+    let gw = TestGateway::start(&yaml, &[]).await;
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = model_list(&gw).await;
+        if listed.len() > 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        listed,
+        [
+            ("mock-embed:latest".to_owned(), "sim".to_owned()),
+            ("mock-llama:latest".to_owned(), "local".to_owned()),
+        ]
+    );
+    assert!(
+        mock.received()
+            .iter()
+            .any(|r| r.method == "GET" && r.path == "/api/tags")
+    );
+
+    let resp = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "mock-llama:latest", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-tollgate-backend"], "local/mock-llama:latest");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["choices"][0]["message"]["content"], "Hello from ollama.");
+    assert_eq!(mock.last().body["model"], "mock-llama:latest");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="chat",model="mock-llama:latest",provider="local",status="200"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    let r = reqwest::get(gw.url("/v1/models/mock-llama:latest")).await.unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn an_unreachable_ollama_leaves_the_configured_models_listed() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = format!(
+        "providers:\n  local: {{ kind: ollama, base_url: http://{closed}, discover_models: true, timeouts: {{ connect: 200ms }} }}\nmodels:\n  - {{ name: llama, provider: local, upstream_model: llama3.2 }}\n"
+    );
+    let gw = TestGateway::start(&yaml, &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(model_list(&gw).await, [("llama".to_owned(), "local".to_owned())]);
+    let resp = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "mock-llama:latest", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 404);
+}

@@ -66,6 +66,7 @@ pub enum ProviderKind {
         http: HttpSpec,
         keep_alive: Option<String>,
         num_ctx: Option<u32>,
+        discover_models: bool,
     },
     Gemini(HttpSpec),
     HuggingFace {
@@ -76,6 +77,17 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// Whether the upstream's own model list is discovered at run time.
+    pub fn discovers_models(&self) -> bool {
+        matches!(
+            self,
+            ProviderKind::Ollama {
+                discover_models: true,
+                ..
+            }
+        )
+    }
+
     /// How to reach the upstream, for every kind that has one.
     pub fn http(&self) -> Option<&HttpSpec> {
         match self {
@@ -512,6 +524,7 @@ impl Validator<'_> {
                     http,
                     keep_alive: p.keep_alive.clone(),
                     num_ctx: p.num_ctx,
+                    discover_models: p.discover_models,
                 }
             }
             ProviderSection::Gemini(p) => {

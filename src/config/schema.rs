@@ -228,6 +228,10 @@ pub struct OllamaSection {
     /// Context window to load the model with (`options.num_ctx`).
     #[serde(default)]
     pub num_ctx: Option<u32>,
+    /// List the server's models (`/api/tags`, refreshed every minute) in
+    /// `/v1/models` and route them by their Ollama names.
+    #[serde(default)]
+    pub discover_models: bool,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default)]

@@ -93,6 +93,12 @@ pub trait Provider: Send + Sync {
     async fn chat(&self, call: Call<'_>, req: ChatRequest) -> Result<Reply, UpstreamError>;
     async fn completions(&self, call: Call<'_>, req: CompletionRequest) -> Result<Reply, UpstreamError>;
     async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError>;
+
+    /// The models the upstream says it serves (Ollama's `/api/tags`), for
+    /// providers configured to discover them; none for the others.
+    async fn discover_models(&self) -> Result<Vec<String>, UpstreamError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.
@@ -131,6 +137,7 @@ pub fn build(spec: &ProviderSpec) -> Arc<dyn Provider> {
             http,
             keep_alive,
             num_ctx,
+            ..
         } => {
             let settings = ollama::Settings {
                 keep_alive: keep_alive.clone(),

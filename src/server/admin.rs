@@ -38,10 +38,9 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
 /// gateway's start: tollgate does not know when an upstream made a model.
 pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
     let created = started_at();
-    let data = gw
-        .resolver
-        .listed()
-        .into_iter()
+    let listed = gw.resolver.listed();
+    let data = listed
+        .iter()
         .map(|(id, owned_by)| ModelEntry {
             id,
             object: "model",
@@ -56,8 +55,8 @@ pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
 /// One model, as `GET /v1/models/{id}` (the SDKs' `models.retrieve`).
 pub async fn model(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
     let listed = gw.resolver.listed();
-    match listed.iter().find(|(name, _)| *name == id) {
-        Some(&(id, owned_by)) => {
+    match listed.iter().find(|(name, _)| **name == *id) {
+        Some((id, owned_by)) => {
             let body = serde_json::to_vec(&ModelEntry {
                 id,
                 object: "model",

@@ -140,7 +140,7 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
             return respond::error(&err);
         }
     };
-    meter.resolved(backend);
+    meter.resolved(&backend);
     let fail = |meter: &mut RequestMeter, err: &UpstreamError| {
         meter.upstream_error(err.kind());
         let api = err.to_api_error();

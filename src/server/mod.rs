@@ -52,6 +52,10 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
         });
     };
 
+    let discovery = gw
+        .resolver
+        .discovers()
+        .then(|| tokio::spawn(discover_models(gw.clone())));
     gw.set_ready(true);
     tokio::pin!(shutdown);
     // Armed by the shutdown signal: the end of `shutdown_delay`.
@@ -78,6 +82,9 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
         }
     }
     drop(listener);
+    if let Some(task) = discovery {
+        task.abort();
+    }
     tracing::info!(
         grace_secs = gw.settings.shutdown_grace.as_secs_f64(),
         "shutting down: draining in-flight requests"
@@ -87,6 +94,19 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
         Err(_) => tracing::warn!("drain deadline passed; closing the remaining connections"),
     }
     Ok(())
+}
+
+/// How often providers that list their own models are asked again.
+const DISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Keeps the discovered models current, from start-up until shutdown.
+async fn discover_models(gw: Arc<Gateway>) {
+    let mut every = tokio::time::interval(DISCOVERY_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        gw.resolver.refresh().await;
+    }
 }
 
 /// Out of file descriptors and the like: back off instead of spinning.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import selectors
 import signal
 import socket
 import subprocess
@@ -102,6 +103,9 @@ class Gateway:
 
     workdir: Path
     key: str = field(default_factory=lambda: "tg-test-" + secrets.token_hex(12))
+    # The config file's text, and variables for the child only (provider keys).
+    config: str = CONFIG
+    env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -122,8 +126,9 @@ class Gateway:
     def start(self) -> "Gateway":
         binary = tollgate_bin()
         config = self.workdir / "tollgate.yaml"
-        config.write_text(CONFIG)
+        config.write_text(self.config)
         env = dict(os.environ)
+        env.update(self.env)
         env["TG_TEST_KEY"] = self.key
         # The command line decides the config and the address, not the caller's shell.
         for var in ("TOLLGATE_CONFIG", "TOLLGATE_LISTEN", "RUST_LOG"):
@@ -250,3 +255,99 @@ def wait_for_metric(gw: Gateway, name: str, expected: float, timeout: float = 5.
         if value >= expected or time.monotonic() > deadline:
             return value
         time.sleep(0.05)
+
+
+# --- The wire-format mocks (examples/mock_providers) -------------------------
+# One server speaking Anthropic, Gemini, Ollama, TGI/TEI and OpenAI natively;
+# the first word of the last user message picks the scenario (see
+# tests/common/wire/mod.rs). Build it with `cargo build --examples` (`cargo
+# test` builds it too), or name it in MOCK_PROVIDERS_BIN.
+
+
+def mock_providers_bin() -> Path:
+    if os.environ.get("MOCK_PROVIDERS_BIN"):
+        return Path(os.environ["MOCK_PROVIDERS_BIN"])
+    # Next to the gateway binary when TOLLGATE_BIN names it (scripts/test.sh
+    # sets it from cargo's target directory), else in this checkout's target/.
+    if os.environ.get("TOLLGATE_BIN"):
+        beside = Path(os.environ["TOLLGATE_BIN"]).parent / "examples" / "mock_providers"
+        if beside.is_file():
+            return beside
+    return REPO / "target" / "debug" / "examples" / "mock_providers"
+
+
+@dataclass
+class MockProviders:
+    """One `mock_providers` child process on a loopback port."""
+
+    workdir: Path
+    addr: str = ""
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.addr}"
+
+    def log(self) -> str:
+        if self.log_path and self.log_path.exists():
+            return self.log_path.read_text(errors="replace")
+        return ""
+
+    def start(self) -> "MockProviders":
+        binary = mock_providers_bin()
+        if not binary.is_file():
+            pytest.fail(
+                f"mock_providers binary not found at {binary}: run `cargo build --examples` "
+                "or set MOCK_PROVIDERS_BIN",
+                pytrace=False,
+            )
+        self.log_path = self.workdir / "mock_providers.log"
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                [str(binary), "127.0.0.1:0"],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                cwd=self.workdir,
+            )
+        # It prints `listening on <addr>` once bound; read that line, bounded.
+        line = b""
+        deadline = time.monotonic() + READY_TIMEOUT
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while not line.endswith(b"\n") and time.monotonic() < deadline:
+                if not sel.select(timeout=max(0.0, deadline - time.monotonic())):
+                    break
+                chunk = os.read(self.proc.stdout.fileno(), 256)
+                if not chunk:
+                    break
+                line += chunk
+        m = re.match(rb"listening on (127\.0\.0\.1:\d+)\n", line)
+        if not m:
+            self.stop()
+            raise RuntimeError(
+                f"mock_providers did not start (printed {line!r}, exit code {self.proc.poll()}); "
+                f"its stderr:\n{self.log()}"
+            )
+        self.addr = m.group(1).decode()
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=STOP_TIMEOUT)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def mock_providers():
+    with tempfile.TemporaryDirectory(prefix="tollgate-mock-") as tmp:
+        mock = MockProviders(Path(tmp))
+        try:
+            yield mock.start()
+        finally:
+            mock.stop()

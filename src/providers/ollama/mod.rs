@@ -7,7 +7,8 @@ mod translate;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -27,6 +28,7 @@ pub struct OllamaProvider {
     spec: HttpSpec,
     chat_uri: Option<Uri>,
     embed_uri: Option<Uri>,
+    tags_uri: Option<Uri>,
     settings: Settings,
     /// `Authorization: Bearer` for Ollama's cloud; local servers need none.
     auth: Option<HeaderValue>,
@@ -39,6 +41,7 @@ impl OllamaProvider {
             client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
             chat_uri: format!("{}/api/chat", spec.base_url).parse().ok(),
             embed_uri: format!("{}/api/embed", spec.base_url).parse().ok(),
+            tags_uri: format!("{}/api/tags", spec.base_url).parse().ok(),
             spec,
             settings,
             auth,
@@ -155,6 +158,32 @@ impl Provider for OllamaProvider {
             .with_param("model")
             .with_code("unsupported_endpoint"),
         })
+    }
+
+    async fn discover_models(&self) -> Result<Vec<String>, UpstreamError> {
+        let uri = self
+            .tags_uri
+            .clone()
+            .ok_or_else(|| self.protocol("no /api/tags URL".into()))?;
+        let mut req = Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .expect("static parts are valid");
+        for (name, value) in &self.spec.headers {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
+        if let Some(auth) = &self.auth {
+            req.headers_mut().insert(AUTHORIZATION, auth.clone());
+        }
+        let deadline = self.client.total_deadline();
+        let resp = self.client.send(req, deadline, false).await?;
+        let (parts, body) = resp.into_parts();
+        let raw = self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await?;
+        if !parts.status.is_success() {
+            return Err(UpstreamError::Status {
+                error: self.translate_error(parts.status, &parts.headers, &raw),
+            });
+        }
+        translate::model_names(&raw).map_err(|e| self.protocol(format!("not an /api/tags answer: {e}")))
     }
 
     async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {

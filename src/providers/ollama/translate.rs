@@ -319,6 +319,20 @@ impl StreamTranslator {
     }
 }
 
+/// The model names of an `/api/tags` answer.
+pub fn model_names(raw: &[u8]) -> Result<Vec<String>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Tags {
+        models: Vec<Tag>,
+    }
+    #[derive(Deserialize)]
+    struct Tag {
+        name: String,
+    }
+    let tags: Tags = serde_json::from_slice(raw)?;
+    Ok(tags.models.into_iter().map(|t| t.name).collect())
+}
+
 pub fn to_embed_request(req: &EmbeddingsRequest, model: &str, settings: &Settings) -> Value {
     let mut out = json!({"model": model, "input": req.input});
     if let Some(d) = req.dimensions {
@@ -371,6 +385,12 @@ mod tests {
             serde_json::from_str(include_str!("../../../tests/fixtures/ollama/chat_request.json")).unwrap();
         let got = to_chat_request(&req, "llama3.2-vision", &Settings::default()).unwrap();
         assert_eq!(got, expected, "{}", serde_json::to_string_pretty(&got).unwrap());
+    }
+
+    #[test]
+    fn the_tags_fixture_names_its_models() {
+        let names = model_names(include_bytes!("../../../tests/fixtures/ollama/tags_response.json")).unwrap();
+        assert_eq!(names, ["llama3.2:latest", "all-minilm:latest"]);
     }
 
     #[test]

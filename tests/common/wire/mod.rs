@@ -8,7 +8,9 @@
 //! - Gemini: `POST /v1beta/models/{model}:generateContent`,
 //!   `:streamGenerateContent?alt=sse`, `:batchEmbedContents`
 //! - Ollama: `POST /api/chat`, `POST /api/embed`, `GET /api/tags`
-//! - TGI: `POST /generate`, `POST /generate_stream`; TEI: `POST /embed`
+//! - TGI: `POST /generate`, `POST /generate_stream`; TEI: `POST /embed`;
+//!   `POST /` as either's compat route (TGI when the body has `parameters`
+//!   or `stream`)
 //!
 //! The first word of the last user message picks the scenario:
 //! - `echo`: the answer is a JSON object of what the mock understood of the
@@ -334,6 +336,25 @@ fn route(method: &http::Method, path: &str, query: &str, body: &Value) -> Out {
             chat(ask, "tgi", tgi::render)
         }
         "/embed" => tgi::embeddings(body),
+        // TGI's compat route picks by the body's `stream` (and wraps a complete
+        // answer in a list); TEI serves embeddings at its root too.
+        "/" if body.get("parameters").is_some() || body.get("stream").is_some() => {
+            let mut ask = tgi::parse(body);
+            ask.stream = body["stream"].as_bool().unwrap_or(false);
+            match chat(ask, "tgi", tgi::render) {
+                Out::Json {
+                    status: 200,
+                    headers,
+                    body,
+                } => Out::Json {
+                    status: 200,
+                    headers,
+                    body: json!([body]),
+                },
+                out => out,
+            }
+        }
+        "/" => tgi::embeddings(body),
         // Azure OpenAI: the deployment in the path, OpenAI's bodies.
         _ if path.starts_with("/openai/deployments/") && path.ends_with("/chat/completions") => {
             chat(openai::parse(body), "openai", openai::render)

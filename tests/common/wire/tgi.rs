@@ -63,6 +63,7 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
     // TGI keeps a matched stop sequence in its output; it ends a turn with a special EOS token.
     let mut tokens: Vec<(String, bool)> = a.pieces.iter().map(|p| (p.clone(), false)).collect();
     match &a.finish {
+        _ if a.fail_midway && ask.stream => {}
         Finish::StopSequence(s) => tokens.push((s.clone(), false)),
         Finish::Stop => tokens.push(("<|eot_id|>".into(), true)),
         _ => {}
