@@ -24,6 +24,8 @@ struct Provider {
     fail_status: u16,
     fail_retry_after: Option<&'static str>,
     cached_tokens: Option<u64>,
+    /// The upstream reports the prompt's tokens before the answer: a stream that fails midway is metered for them.
+    prompt_known_early: bool,
 }
 
 #[derive(PartialEq)]
@@ -41,6 +43,7 @@ const OPENAI: Provider = Provider {
     json_object_instructed: false,
     fail_status: 429,
     fail_retry_after: Some("7"),
+    prompt_known_early: false,
     cached_tokens: None,
 };
 const AZURE: Provider = Provider {
@@ -55,6 +58,7 @@ const ANTHROPIC: Provider = Provider {
     json_object_instructed: true,
     fail_status: 429,
     fail_retry_after: Some("7"),
+    prompt_known_early: true,
     cached_tokens: Some(wire::CACHED_TOKENS),
 };
 const GEMINI: Provider = Provider {
@@ -65,6 +69,7 @@ const GEMINI: Provider = Provider {
     json_object_instructed: false,
     fail_status: 429,
     fail_retry_after: Some("7"),
+    prompt_known_early: true,
     cached_tokens: None,
 };
 const OLLAMA: Provider = Provider {
@@ -75,6 +80,7 @@ const OLLAMA: Provider = Provider {
     json_object_instructed: false,
     fail_status: 503,
     fail_retry_after: None,
+    prompt_known_early: false,
     cached_tokens: None,
 };
 const HUGGINGFACE: Provider = Provider {
@@ -85,6 +91,7 @@ const HUGGINGFACE: Provider = Provider {
     json_object_instructed: false,
     fail_status: 429,
     fail_retry_after: None,
+    prompt_known_early: false,
     cached_tokens: None,
 };
 
@@ -387,6 +394,15 @@ async fn error_during_the_stream(p: &Provider) {
     );
     assert!(!s.done, "a failed stream does not end with [DONE]");
     assert_eq!(s.finish_reason, None);
+    let m = gw.metrics().await;
+    let prompt = format!(
+        r#"tollgate_tokens_total{{model="{}",provider="{}",type="prompt"}}"#,
+        p.model,
+        &p.model[2..]
+    );
+    // Upstreams that report usage only at the end leave nothing to meter yet (estimating it comes with the ledger).
+    let expected = if p.prompt_known_early { wire::PROMPT_TOKENS } else { 0 };
+    assert_eq!(common::metric(&m, &prompt), Some(expected as f64), "{m}");
 }
 
 async fn embeddings(p: &Provider) {

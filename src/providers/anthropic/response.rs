@@ -190,11 +190,10 @@ impl StreamTranslator {
                 if let Some(u) = message.get("usage") {
                     self.usage.merge(&AnthropicUsage::deserialize(u)?);
                 }
-                Step::Emit(vec![self.chunk(
-                    json!({"role": "assistant", "content": ""}),
-                    None,
-                    false,
-                )])
+                let mut first = self.chunk(json!({"role": "assistant", "content": ""}), None, false);
+                // The prompt is known from here on: a stream that fails later is still metered for it.
+                first.usage = Some(self.usage.to_usage());
+                Step::Emit(vec![first])
             }
             "content_block_start" => {
                 let block = event.get("content_block").unwrap_or(&Value::Null);

@@ -380,6 +380,7 @@ impl StreamTranslator {
         if let Some(meta) = v.get("usageMetadata") {
             self.usage = meta.clone();
         }
+        let usage_so_far = v.get("usageMetadata").map(|m| usage(m).0);
         let candidate = v.pointer("/candidates/0").cloned().unwrap_or(Value::Null);
         let (text, calls) = parts_of(&candidate, self.tool_calls);
         if !text.is_empty() {
@@ -400,6 +401,10 @@ impl StreamTranslator {
         } else if blocked && !self.finished {
             self.finished = true;
             out.push(self.chunk(json!({}), Some("content_filter"), false));
+        }
+        // Counts so far ride on the event (not in its bytes): a stream that fails later is metered for them.
+        if let (Some(u), Some(first)) = (usage_so_far, out.first_mut()) {
+            first.usage = Some(u);
         }
         Ok(Step::Emit(out))
     }
