@@ -816,7 +816,10 @@ async fn graceful_shutdown_lets_a_stream_finish_and_refuses_new_work() {
     let fresh = reqwest::Client::new().get(gw.url("/health")).send().await;
     assert!(fresh.is_err(), "the listener is closed");
     let text = resp.text().await.unwrap();
-    assert_eq!(sse_data(&text).len(), 11, "all ten chunks and [DONE] arrived: {text}");
+    let data = sse_data(&text);
+    // The mock's chunks carry no finish reason: tollgate adds the finish chunk before [DONE].
+    assert_eq!(data.len(), 12, "all ten chunks, the finish and [DONE] arrived: {text}");
+    assert!(data[10].contains(r#""finish_reason":"stop""#), "{text}");
     tokio::time::timeout(Duration::from_secs(3), gw.done.take().unwrap())
         .await
         .expect("server stopped after draining")

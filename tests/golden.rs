@@ -31,6 +31,7 @@ const ANTHROPIC: &str = "kind: anthropic, base_url: \"http://ADDR\", api_key: \"
 const GEMINI: &str = "kind: gemini, base_url: \"http://ADDR/v1beta\", api_key: \"${KEY}\"";
 const OLLAMA: &str = "kind: ollama, base_url: \"http://ADDR\"";
 const TGI: &str = "kind: huggingface, base_url: \"http://ADDR\", chat_template: llama3";
+const TGI_MESSAGES: &str = "kind: huggingface, api: messages, base_url: \"http://ADDR\"";
 
 /// Timestamps are the only part of an answer that changes from run to run.
 fn normalise(v: &mut Value) {
@@ -106,6 +107,12 @@ fn chat_request() -> Value {
 fn simple_request() -> Value {
     json!({"model": "m", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of France?"}],
            "max_tokens": 20, "temperature": 0.2, "top_p": 0.95, "stop": ["\n\n"], "seed": 42})
+}
+
+fn json_mode(mut body: Value) -> Value {
+    body["response_format"] =
+        json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": {"type": "object"}}});
+    body
 }
 
 fn stream(mut body: Value) -> Value {
@@ -208,6 +215,10 @@ golden! {
     tei_embeddings: TGI, "/v1/embeddings", json!({"model": "m", "input": ["The food was delicious", "The service was slow"]}), with_headers("tei/embed_response.json", &[("x-compute-tokens", "14")]);
     tei_error_413: TGI, "/v1/embeddings", json!({"model": "m", "input": "x"}), Script::error_fixture("tei/error_413_batch_too_large.json");
     tei_error_422: TGI, "/v1/embeddings", json!({"model": "m", "input": "x"}), Script::error_fixture("tei/error_422_validation.json");
+
+    // TGI's Messages API: its empty ids and finish reasons put right, JSON mode in its shape.
+    tgi_messages_chat: TGI_MESSAGES, CHAT, json_mode(request("tgi/chat_request.json")), Script::json(200, fixture_json("tgi/chat_response.json"));
+    tgi_messages_stream: TGI_MESSAGES, CHAT, stream(request("tgi/chat_request.json")), sse("tgi/chat_stream.sse", true);
 
     // OpenAI-compatible servers pass through: OpenAI, Azure, the Hugging Face router.
     openai_chat: OPENAI, CHAT, chat_request(), Script::json(200, fixture_json("openai/chat_response.json"));

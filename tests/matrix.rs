@@ -95,6 +95,12 @@ const HUGGINGFACE: Provider = Provider {
     cached_tokens: None,
 };
 
+/// TGI's Messages API through `kind: huggingface, api: messages` (the mock speaks TGI's dialect for model `tgi`).
+const HF_MESSAGES: Provider = Provider {
+    model: "m-hf-messages",
+    ..OPENAI
+};
+
 const PNG_DATA_URL: &str = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
 
 async fn setup() -> (WireMock, TestGateway) {
@@ -108,6 +114,7 @@ async fn setup() -> (WireMock, TestGateway) {
   gemini: {{ kind: gemini, base_url: "http://{a}/v1beta", api_key: "${{GEMINI_API_KEY}}" }}
   ollama: {{ kind: ollama, base_url: "http://{a}" }}
   huggingface: {{ kind: huggingface, base_url: "http://{a}", chat_template: chatml }}
+  hf-messages: {{ kind: huggingface, api: messages, base_url: "http://{a}" }}
 models:
   - {{ name: m-openai, provider: openai, upstream_model: gpt-4o-mini }}
   - {{ name: m-azure, provider: azure, upstream_model: prod-gpt4o }}
@@ -115,6 +122,7 @@ models:
   - {{ name: m-gemini, provider: gemini, upstream_model: gemini-2.5-flash }}
   - {{ name: m-ollama, provider: ollama, upstream_model: "llama3.2:3b" }}
   - {{ name: m-huggingface, provider: huggingface, upstream_model: tgi }}
+  - {{ name: m-hf-messages, provider: hf-messages, upstream_model: tgi }}
 "#
     );
     let env = [
@@ -468,4 +476,5 @@ matrix! {
     gemini => GEMINI,
     ollama => OLLAMA,
     huggingface => HUGGINGFACE,
+    hf_messages => HF_MESSAGES,
 }

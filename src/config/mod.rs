@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Uri};
 
-pub use schema::{LogFormat, SimulatedSection};
+pub use schema::{HuggingFaceApi, LogFormat, SimulatedSection};
 pub use secret::Secret;
 
 use env::Interpolated;
@@ -71,6 +71,7 @@ pub enum ProviderKind {
     Gemini(HttpSpec),
     HuggingFace {
         http: HttpSpec,
+        api: schema::HuggingFaceApi,
         template: crate::providers::huggingface::ChatTemplate,
     },
     Simulated(SimulatedSection),
@@ -549,8 +550,11 @@ impl Validator<'_> {
                     &p.timeouts,
                 )?;
                 http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
+                // TGI's Messages API sends the usage chunk when asked.
+                http.stream_usage = true;
                 ProviderKind::HuggingFace {
                     http,
+                    api: p.api,
                     template: p.chat_template,
                 }
             }

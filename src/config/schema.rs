@@ -268,7 +268,11 @@ pub struct HuggingFaceSection {
     /// For Inference Endpoints (sent as a Bearer token); a local server needs none.
     #[serde(default)]
     pub api_key: Option<String>,
-    /// The prompt format `/generate` gets chat turns in.
+    /// `native` (`/generate`, `/generate_stream`, `/embed`) or `messages`
+    /// (the server's OpenAI-compatible `/v1/...` routes, TGI's quirks put right).
+    #[serde(default)]
+    pub api: HuggingFaceApi,
+    /// The prompt format `/generate` gets chat turns in (native API only).
     #[serde(default)]
     pub chat_template: crate::providers::huggingface::ChatTemplate,
     #[serde(default)]
@@ -277,6 +281,14 @@ pub struct HuggingFaceSection {
     pub timeouts: TimeoutSection,
     #[serde(default)]
     pub ca_file: Option<String>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HuggingFaceApi {
+    #[default]
+    Native,
+    Messages,
 }
 
 fn default_tgi_base() -> String {

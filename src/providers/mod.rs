@@ -26,7 +26,7 @@ use futures_util::Stream;
 use http::HeaderValue;
 
 use crate::api::{ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
-use crate::config::{ProviderKind, ProviderSpec};
+use crate::config::{HuggingFaceApi, ProviderKind, ProviderSpec};
 
 pub use client::UpstreamClient;
 pub use error::UpstreamError;
@@ -146,7 +146,16 @@ pub fn build(spec: &ProviderSpec) -> Arc<dyn Provider> {
             Arc::new(ollama::OllamaProvider::new(&spec.name, http.clone(), settings))
         }
         ProviderKind::Gemini(http) => Arc::new(gemini::GeminiProvider::new(&spec.name, http.clone())),
-        ProviderKind::HuggingFace { http, template } => Arc::new(huggingface::HuggingFaceProvider::new(
+        ProviderKind::HuggingFace {
+            http,
+            api: HuggingFaceApi::Messages,
+            ..
+        } => Arc::new(openai::OpenAiProvider::new(
+            &spec.name,
+            http.clone(),
+            openai::Flavor::HfMessages,
+        )),
+        ProviderKind::HuggingFace { http, template, .. } => Arc::new(huggingface::HuggingFaceProvider::new(
             &spec.name,
             http.clone(),
             *template,

@@ -5,6 +5,7 @@
 //! are metered); streams are relayed event by event.
 
 mod errors;
+mod normalise;
 mod stream;
 
 use async_trait::async_trait;
@@ -30,6 +31,9 @@ pub enum Flavor {
     Azure {
         api_version: String,
     },
+    /// A Hugging Face server's Messages API (TGI, Inference Endpoints, TEI):
+    /// `/v1/...` under the server's root, JSON mode in TGI's own shape.
+    HfMessages,
 }
 
 #[derive(Clone, Copy)]
@@ -72,8 +76,13 @@ impl OpenAiProvider {
             .into_iter()
             .collect();
         let uris = match flavor {
-            Flavor::OpenAi => {
-                let uri = |e: Endpoint| format!("{}/{}", spec.base_url, e.path()).parse::<Uri>().ok();
+            Flavor::OpenAi | Flavor::HfMessages => {
+                let prefix = if matches!(flavor, Flavor::HfMessages) {
+                    "/v1"
+                } else {
+                    ""
+                };
+                let uri = |e: Endpoint| format!("{}{prefix}/{}", spec.base_url, e.path()).parse::<Uri>().ok();
                 match (
                     uri(Endpoint::Chat),
                     uri(Endpoint::Completions),
@@ -100,8 +109,8 @@ impl OpenAiProvider {
 
     fn uri(&self, endpoint: Endpoint, model: &str) -> Result<Uri, UpstreamError> {
         let built = match (&self.flavor, &self.uris) {
-            (Flavor::OpenAi, Some(uris)) => return Ok(uris[endpoint as usize].clone()),
-            (Flavor::OpenAi, None) => None,
+            (Flavor::OpenAi | Flavor::HfMessages, Some(uris)) => return Ok(uris[endpoint as usize].clone()),
+            (Flavor::OpenAi | Flavor::HfMessages, None) => None,
             (Flavor::Azure { api_version }, _) => format!(
                 "{}/openai/deployments/{}/{}?api-version={}",
                 self.spec.base_url,
@@ -147,6 +156,7 @@ impl OpenAiProvider {
                 self.client.clone(),
                 answer.deadline,
                 azure,
+                call.request_id.to_str().unwrap_or("-"),
             )));
         }
         let raw = self
@@ -157,6 +167,10 @@ impl OpenAiProvider {
         if raw.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return Err(self.protocol("the answer is not a JSON object"));
         }
+        let raw = match endpoint {
+            Endpoint::Embeddings => raw,
+            _ => normalise::answer(raw, call.request_id.to_str().unwrap_or("-")),
+        };
         Ok(Reply::Complete {
             usage: find_usage(&raw),
             body: raw,
@@ -202,6 +216,27 @@ impl OpenAiProvider {
     }
 }
 
+/// OpenAI's `response_format` in TGI's shape, which reads the schema from a
+/// `value` key (OpenAI's `json_schema` key would be ignored, silently).
+fn tgi_response_format(format: serde_json::Value) -> Option<serde_json::Value> {
+    use serde_json::json;
+    match format.get("type").and_then(serde_json::Value::as_str) {
+        Some("json_object") => Some(json!({"type": "json_object", "value": {"type": "object"}})),
+        Some("json_schema") => {
+            let schema = format.get("json_schema").cloned().unwrap_or(serde_json::Value::Null);
+            let name = schema.get("name").cloned().unwrap_or_else(|| json!("response"));
+            let body = schema
+                .get("schema")
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            Some(json!({"type": "json_schema", "value": {"name": name, "schema": body}}))
+        }
+        // `text` is TGI's default; anything else is passed on for the server to judge.
+        Some("text") => None,
+        _ => Some(format),
+    }
+}
+
 #[async_trait]
 impl Provider for OpenAiProvider {
     async fn chat(&self, call: Call<'_>, mut req: ChatRequest) -> Result<Reply, UpstreamError> {
@@ -210,6 +245,11 @@ impl Provider for OpenAiProvider {
         if stream {
             // Streams are metered from the usage chunk; the relay hides it from clients that did not ask.
             self.ask_for_usage(&mut req.stream_options);
+        }
+        if matches!(self.flavor, Flavor::HfMessages)
+            && let Some(format) = req.response_format.take()
+        {
+            req.response_format = tgi_response_format(format);
         }
         self.exchange(call, Endpoint::Chat, &req, stream).await
     }

@@ -12,13 +12,18 @@ use serde::de::IgnoredAny;
 use tokio::time::Instant;
 
 use super::errors;
+use super::normalise::StreamFixer;
 use crate::api::{ApiError, Usage};
 use crate::providers::event_body::{self, SseBody, Step, Translate};
 use crate::providers::{EventStream, StreamEvent, UpstreamClient};
 
-pub fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, azure: bool) -> EventStream {
+pub fn relay(body: Incoming, client: UpstreamClient, deadline: Instant, azure: bool, request_id: &str) -> EventStream {
     let provider = client.provider().to_owned();
-    event_body::translated(SseBody::sse(body, client, deadline), PassThrough { azure, provider })
+    let fixer = StreamFixer::new(request_id);
+    event_body::translated(
+        SseBody::sse(body, client, deadline),
+        PassThrough { azure, provider, fixer },
+    )
 }
 
 /// OpenAI-style events pass through as they are; only errors, the end and
@@ -27,6 +32,8 @@ struct PassThrough {
     /// Azure adds content-filter annotation chunks that are not part of the answer.
     azure: bool,
     provider: String,
+    /// Puts right what OpenAI-compatible servers get wrong (see `normalise`).
+    fixer: StreamFixer,
 }
 
 impl Translate for PassThrough {
@@ -34,7 +41,7 @@ impl Translate for PassThrough {
 
     fn step(&mut self, data: Bytes) -> Step {
         if &data[..] == b"[DONE]" {
-            return Step::Done(Vec::new());
+            return Step::Done(self.fixer.missing_finish().into_iter().collect());
         }
         match data.iter().find(|b| !b.is_ascii_whitespace()) {
             None => return Step::Emit(Vec::new()),
@@ -47,7 +54,13 @@ impl Translate for PassThrough {
         if self.azure && is_annotation_only(&data) {
             return Step::Emit(Vec::new());
         }
-        Step::One(classify_chunk(data))
+        let event = classify_chunk(self.fixer.chunk(data));
+        if event.usage_only
+            && let Some(finish) = self.fixer.missing_finish()
+        {
+            return Step::Emit(vec![finish, event]);
+        }
+        Step::One(event)
     }
 }
 

@@ -1,4 +1,7 @@
-//! OpenAI's chat completions and embeddings.
+//! OpenAI's chat completions and embeddings; for model `tgi`, in the dialect
+//! of TGI's Messages API: empty ids, `stop_sequence`, tool calls ended by
+//! `stop` (streams by no finish reason at all), `data:` without a space, and
+//! JSON mode read only from a `value` key.
 
 use serde_json::{Value, json};
 
@@ -10,10 +13,14 @@ pub fn parse(body: &Value) -> Ask {
         model: body["model"].as_str().unwrap_or_default().to_owned(),
         stream: body["stream"].as_bool().unwrap_or(false),
         include_usage: body.pointer("/stream_options/include_usage").and_then(Value::as_bool) == Some(true),
-        json_mode: matches!(
-            body.pointer("/response_format/type").and_then(Value::as_str),
-            Some("json_object" | "json_schema")
-        ),
+        json_mode: if body["model"] == "tgi" {
+            body.pointer("/response_format/value").is_some()
+        } else {
+            matches!(
+                body.pointer("/response_format/type").and_then(Value::as_str),
+                Some("json_object" | "json_schema")
+            )
+        },
         stops: strings(body.get("stop")),
         max_tokens: body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64()),
         temperature: body["temperature"].as_f64(),
@@ -50,8 +57,10 @@ pub fn image_name(url: &str) -> String {
         .map_or_else(|| url.to_owned(), |(mime, _)| mime.to_owned())
 }
 
-fn finish(f: &Finish) -> &'static str {
+fn finish(f: &Finish, tgi: bool) -> &'static str {
     match f {
+        Finish::StopSequence(_) if tgi => "stop_sequence",
+        Finish::ToolUse if tgi => "stop",
         Finish::Stop | Finish::StopSequence(_) => "stop",
         Finish::Length => "length",
         Finish::ToolUse => "tool_calls",
@@ -70,26 +79,38 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
             body: json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
         };
     }
-    let id = "chatcmpl-mock";
+    let tgi = ask.model == "tgi";
+    let id = if tgi { "" } else { "chatcmpl-mock" };
+    let call_id = |t: &ToolCall| if tgi { "0".to_owned() } else { t.id.clone() };
     if !ask.stream {
         let mut message = json!({"role": "assistant", "content": if a.tool.is_some() { Value::Null } else { json!(a.text()) }, "refusal": null});
         if let Some(t) = &a.tool {
-            message["tool_calls"] =
-                json!([{"id": t.id, "type": "function", "function": {"name": t.name, "arguments": t.arguments()}}]);
+            message["tool_calls"] = json!([{"id": call_id(t), "type": "function", "function": {"name": t.name, "arguments": t.arguments()}}]);
         }
         return Out::ok(
             json!({"id": id, "object": "chat.completion", "created": 1_754_499_997, "model": ask.model,
-            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish(&a.finish)}],
+            "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish(&a.finish, tgi)}],
             "usage": usage()}),
         );
     }
-    let chunk = |delta: Value, finish: Option<&str>| {
+    let frame = |v: &Value| {
+        if tgi {
+            Bytes::from(format!("data:{v}\n\n"))
+        } else {
+            sse(v)
+        }
+    };
+    let chunk = |mut delta: Value, finish: Option<&str>| {
+        if tgi {
+            // TGI repeats the role in every delta.
+            delta["role"] = json!("assistant");
+        }
         let mut c = json!({"id": id, "object": "chat.completion.chunk", "created": 1_754_499_997, "model": ask.model,
             "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
         if ask.include_usage {
             c["usage"] = Value::Null;
         }
-        sse(&c)
+        frame(&c)
     };
     let mut frames = vec![chunk(
         json!({"role": "assistant", "content": "", "refusal": null}),
@@ -98,7 +119,7 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
     frames.extend(a.pieces.iter().map(|p| chunk(json!({"content": p}), None)));
     if let Some(t) = &a.tool {
         frames.push(chunk(
-            json!({"tool_calls": [{"index": 0, "id": t.id, "type": "function", "function": {"name": t.name, "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "id": call_id(t), "type": "function", "function": {"name": t.name, "arguments": ""}}]}),
             None,
         ));
         for p in &t.pieces {
@@ -109,7 +130,7 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
         }
     }
     if a.fail_midway {
-        frames.push(sse(
+        frames.push(frame(
             &json!({"error": {"message": "The server had an error while processing your request.", "type": "server_error", "param": null, "code": null}}),
         ));
         return Out::Frames {
@@ -117,11 +138,18 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
             frames,
         };
     }
-    frames.push(chunk(json!({}), Some(finish(&a.finish))));
-    if ask.include_usage {
-        frames.push(sse(&json!({"id": id, "object": "chat.completion.chunk", "created": 1_754_499_997, "model": ask.model, "choices": [], "usage": usage()})));
+    // TGI may end a tool call's stream with no finish reason at all.
+    if !(tgi && a.tool.is_some()) {
+        frames.push(chunk(json!({}), Some(finish(&a.finish, tgi))));
     }
-    frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+    if ask.include_usage {
+        frames.push(frame(&json!({"id": id, "object": "chat.completion.chunk", "created": 1_754_499_997, "model": ask.model, "choices": [], "usage": usage()})));
+    }
+    frames.push(if tgi {
+        Bytes::from_static(b"data:[DONE]\n\n")
+    } else {
+        Bytes::from_static(b"data: [DONE]\n\n")
+    });
     Out::Frames {
         content_type: "text/event-stream",
         frames,

@@ -1,0 +1,223 @@
+//! What OpenAI-compatible servers get wrong, put right on the way through.
+//!
+//! TGI's Messages API (and servers built on it) answers with an empty `id`,
+//! `finish_reason: "stop_sequence"`, tool calls ended by `"stop"` rather than
+//! `"tool_calls"`, and may end a stream without any finish reason. Clients
+//! (agent loops checking `finish_reason == "tool_calls"`, SDK accumulators)
+//! rely on OpenAI's meanings, so those are rewritten. The checks run on the
+//! raw bytes first: an answer that needs nothing (OpenAI's own) is passed on
+//! untouched, unparsed.
+
+use std::sync::LazyLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use memchr::memmem::Finder;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::providers::StreamEvent;
+
+static ID_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"id\""));
+static FINISH_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"finish_reason\""));
+static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
+
+/// Whether some `key` in `data` has a value starting with `value`, however
+/// the JSON is spaced. A false hit costs a parse, never a wrong answer: the
+/// rewrite itself works on the parsed value.
+fn has(data: &[u8], key: &Finder<'static>, value: &[u8]) -> bool {
+    key.find_iter(data).any(|at| {
+        let rest = &data[at + key.needle().len()..];
+        let rest = rest.trim_ascii_start();
+        rest.strip_prefix(b":")
+            .is_some_and(|rest| rest.trim_ascii_start().starts_with(value))
+    })
+}
+
+fn empty_id(data: &[u8]) -> bool {
+    has(data, &ID_KEY, b"\"\"")
+}
+
+fn finish_is(data: &[u8], reason: &[u8]) -> bool {
+    has(data, &FINISH_KEY, reason)
+}
+
+fn tools_called(data: &[u8]) -> bool {
+    has(data, &TOOL_CALLS_KEY, b"[")
+}
+
+/// Fixes one choice: `stop_sequence` → `stop`; `stop` after tool calls → `tool_calls`.
+fn fix_finish(choice: &mut Value, called_tools: bool) {
+    let Some(reason) = choice.get_mut("finish_reason") else {
+        return;
+    };
+    match reason.as_str() {
+        Some("stop_sequence") => *reason = json!("stop"),
+        Some("stop") if called_tools => *reason = json!("tool_calls"),
+        _ => {}
+    }
+}
+
+fn has_tool_calls(v: &Value) -> bool {
+    v.as_array().is_some_and(|calls| !calls.is_empty())
+}
+
+/// A complete answer, rewritten only if it needs to be.
+pub fn answer(raw: Bytes, request_id: &str) -> Bytes {
+    let needs =
+        empty_id(&raw) || finish_is(&raw, b"\"stop_sequence\"") || (finish_is(&raw, b"\"stop\"") && tools_called(&raw));
+    if !needs {
+        return raw;
+    }
+    let Ok(mut v) = serde_json::from_slice::<Value>(&raw) else {
+        return raw;
+    };
+    if v.get("id").and_then(Value::as_str) == Some("") {
+        v["id"] = json!(format!("chatcmpl-{request_id}"));
+    }
+    for choice in v.get_mut("choices").and_then(Value::as_array_mut).into_iter().flatten() {
+        let called = has_tool_calls(&choice["message"]["tool_calls"]);
+        fix_finish(choice, called);
+    }
+    serde_json::to_vec(&v).map(Bytes::from).unwrap_or(raw)
+}
+
+/// The stream's side: remembers what it saw to fix later chunks and to end
+/// a stream that stops without a finish reason.
+pub struct StreamFixer {
+    id: String,
+    /// From the first chunk: what a synthesized finish chunk says.
+    model: Option<String>,
+    chat: bool,
+    started: bool,
+    called_tools: bool,
+    finished: bool,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(default, borrow)]
+    id: Option<&'a str>,
+    #[serde(default, borrow)]
+    model: Option<&'a str>,
+    #[serde(default, borrow)]
+    object: Option<&'a str>,
+}
+
+impl StreamFixer {
+    pub fn new(request_id: &str) -> Self {
+        StreamFixer {
+            id: format!("chatcmpl-{request_id}"),
+            model: None,
+            chat: false,
+            started: false,
+            called_tools: false,
+            finished: false,
+        }
+    }
+
+    /// One chunk (not `[DONE]`, not an error), fixed if it needs to be.
+    pub fn chunk(&mut self, data: Bytes) -> Bytes {
+        if !self.started {
+            self.started = true;
+            if let Ok(head) = serde_json::from_slice::<Head>(&data) {
+                self.chat = head.object == Some("chat.completion.chunk");
+                self.model = head.model.map(str::to_owned);
+                if let Some(id) = head.id.filter(|id| !id.is_empty()) {
+                    self.id = id.to_owned();
+                }
+            }
+        }
+        self.called_tools |= tools_called(&data);
+        self.finished |= finish_is(&data, b"\"");
+        let needs = empty_id(&data)
+            || finish_is(&data, b"\"stop_sequence\"")
+            || (self.called_tools && finish_is(&data, b"\"stop\""));
+        if !needs {
+            return data;
+        }
+        let Ok(mut v) = serde_json::from_slice::<Value>(&data) else {
+            return data;
+        };
+        if v.get("id").and_then(Value::as_str) == Some("") {
+            v["id"] = json!(self.id);
+        }
+        for choice in v.get_mut("choices").and_then(Value::as_array_mut).into_iter().flatten() {
+            fix_finish(choice, self.called_tools);
+        }
+        serde_json::to_vec(&v).map(Bytes::from).unwrap_or(data)
+    }
+
+    /// The finish chunk a chat stream never sent, when it is about to end
+    /// (its usage chunk or `[DONE]` arrived): `tool_calls` or `stop`.
+    pub fn missing_finish(&mut self) -> Option<StreamEvent> {
+        if self.finished || !self.started || !self.chat {
+            return None;
+        }
+        self.finished = true;
+        let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let reason = if self.called_tools { "tool_calls" } else { "stop" };
+        let body = json!({"id": self.id, "object": "chat.completion.chunk", "created": created, "model": self.model,
+                          "choices": [{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}]});
+        Some(StreamEvent::chunk(
+            Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+            false,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_answers_pass_untouched() {
+        let raw = Bytes::from_static(include_bytes!(
+            "../../../tests/fixtures/openai/chat_response_tool_calls.json"
+        ));
+        assert_eq!(answer(raw.clone(), "r").as_ptr(), raw.as_ptr(), "not even copied");
+    }
+
+    #[test]
+    fn tgi_answers_get_an_id_and_openai_finish_reasons() {
+        let raw = Bytes::from_static(include_bytes!("../../../tests/fixtures/tgi/chat_response.json"));
+        let v: Value = serde_json::from_slice(&answer(raw, "r1")).unwrap();
+        assert_eq!(v["id"], "chatcmpl-r1");
+        let tools = br#"{"id":"","choices":[{"index":0,"message":{"role":"assistant","tool_calls":[{"id":"0","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"stop"}]}"#;
+        let v: Value = serde_json::from_slice(&answer(Bytes::from_static(tools), "r")).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        let stop = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"a"},"finish_reason":"stop_sequence"}]}"#;
+        let v: Value = serde_json::from_slice(&answer(Bytes::from_static(stop), "r")).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    }
+
+    #[test]
+    fn a_stream_without_a_finish_reason_gets_one() {
+        let mut f = StreamFixer::new("r");
+        let first = f.chunk(Bytes::from_static(
+            br#"{"object":"chat.completion.chunk","id":"","model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"0","type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":null}]}"#,
+        ));
+        let v: Value = serde_json::from_slice(&first).unwrap();
+        assert_eq!(v["id"], "chatcmpl-r");
+        let finish = f.missing_finish().unwrap();
+        let v: Value = serde_json::from_slice(&finish.data).unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(v["model"], "m");
+        assert!(f.missing_finish().is_none(), "once");
+    }
+
+    #[test]
+    fn a_stream_that_finished_needs_nothing() {
+        let mut f = StreamFixer::new("r");
+        let raw = include_str!("../../../tests/fixtures/openai/chat_stream.sse");
+        for data in raw
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+        {
+            let data = Bytes::copy_from_slice(data.as_bytes());
+            assert_eq!(f.chunk(data.clone()), data);
+        }
+        assert!(f.missing_finish().is_none());
+    }
+}
