@@ -18,7 +18,7 @@ pub use schema::{HuggingFaceApi, LogFormat, SimulatedSection};
 pub use secret::Secret;
 
 use env::Interpolated;
-use schema::{FileConfig, ProviderSection, TimeoutSection};
+use schema::{FileConfig, HttpFields, ProviderSection, TimeoutSection};
 
 /// A validated configuration.
 #[derive(Debug)]
@@ -454,29 +454,13 @@ impl Validator<'_> {
     fn provider(&mut self, name: &str, section: &ProviderSection) -> Option<ProviderSpec> {
         let kind = match section {
             ProviderSection::Openai(p) => {
-                let mut http = self.http(
-                    name,
-                    &p.base_url,
-                    p.api_key.as_deref(),
-                    p.auth_header.as_deref().unwrap_or("authorization"),
-                    &p.headers,
-                    &p.timeouts,
-                )?;
+                let mut http = self.connection(name, p, p.auth_header.as_deref().unwrap_or("authorization"))?;
                 http.stream_usage = p.stream_usage;
-                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
                 ProviderKind::OpenAi(http)
             }
             ProviderSection::Azure(p) => {
-                let mut http = self.http(
-                    name,
-                    &p.base_url,
-                    p.api_key.as_deref(),
-                    "api-key",
-                    &p.headers,
-                    &p.timeouts,
-                )?;
+                let mut http = self.connection(name, p, "api-key")?;
                 http.stream_usage = p.stream_usage;
-                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
                 let line = locate::map_entry_key(self.text, "providers", name, Some("api_version"));
                 let api_version = self.plain(&p.api_version, line, &format!("providers.{name}.api_version"))?;
                 if api_version.is_empty() || !api_version.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
@@ -490,15 +474,7 @@ impl Validator<'_> {
                 ProviderKind::Azure { http, api_version }
             }
             ProviderSection::Anthropic(p) => {
-                let mut http = self.http(
-                    name,
-                    &p.base_url,
-                    p.api_key.as_deref(),
-                    "x-api-key",
-                    &p.headers,
-                    &p.timeouts,
-                )?;
-                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
+                let http = self.connection(name, p, "x-api-key")?;
                 let line = locate::map_entry_key(self.text, "providers", name, Some("max_tokens"));
                 if p.max_tokens == 0 {
                     self.error(line, format!("providers.{name}.max_tokens"), "must be at least 1");
@@ -512,15 +488,7 @@ impl Validator<'_> {
                 }
             }
             ProviderSection::Ollama(p) => {
-                let mut http = self.http(
-                    name,
-                    &p.base_url,
-                    p.api_key.as_deref(),
-                    "authorization",
-                    &p.headers,
-                    &p.timeouts,
-                )?;
-                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
+                let http = self.connection(name, p, "authorization")?;
                 ProviderKind::Ollama {
                     http,
                     keep_alive: p.keep_alive.clone(),
@@ -529,27 +497,11 @@ impl Validator<'_> {
                 }
             }
             ProviderSection::Gemini(p) => {
-                let mut http = self.http(
-                    name,
-                    &p.base_url,
-                    p.api_key.as_deref(),
-                    "x-goog-api-key",
-                    &p.headers,
-                    &p.timeouts,
-                )?;
-                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
+                let http = self.connection(name, p, "x-goog-api-key")?;
                 ProviderKind::Gemini(http)
             }
             ProviderSection::Huggingface(p) => {
-                let mut http = self.http(
-                    name,
-                    &p.base_url,
-                    p.api_key.as_deref(),
-                    "authorization",
-                    &p.headers,
-                    &p.timeouts,
-                )?;
-                http.extra_roots = self.ca_file(name, p.ca_file.as_deref())?;
+                let mut http = self.connection(name, p, "authorization")?;
                 // TGI's Messages API sends the usage chunk when asked.
                 http.stream_usage = true;
                 ProviderKind::HuggingFace {
@@ -661,6 +613,20 @@ impl Validator<'_> {
     }
 
     /// Reads a provider's `ca_file`: PEM certificates, at least one.
+    /// An HTTP provider's connection: its URL, key, headers, timeouts and extra CA roots.
+    fn connection(&mut self, name: &str, section: &impl HttpFields, auth_header: &str) -> Option<HttpSpec> {
+        let mut http = self.http(
+            name,
+            section.base_url(),
+            section.api_key(),
+            auth_header,
+            section.headers(),
+            section.timeouts(),
+        )?;
+        http.extra_roots = self.ca_file(name, section.ca_file())?;
+        Some(http)
+    }
+
     fn ca_file(&mut self, name: &str, file: Option<&str>) -> Option<Vec<rustls_pki_types::CertificateDer<'static>>> {
         use rustls_pki_types::pem::PemObject;
         let Some(file) = file else { return Some(Vec::new()) };

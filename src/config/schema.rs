@@ -134,6 +134,47 @@ pub enum ProviderSection {
     Simulated(SimulatedSection),
 }
 
+/// The connection settings every HTTP provider's section has (serde's
+/// `flatten` cannot share them: it does not work with `deny_unknown_fields`).
+pub trait HttpFields {
+    fn base_url(&self) -> &str;
+    fn api_key(&self) -> Option<&str>;
+    fn headers(&self) -> &BTreeMap<String, String>;
+    fn timeouts(&self) -> &TimeoutSection;
+    fn ca_file(&self) -> Option<&str>;
+}
+
+macro_rules! http_fields {
+    ($($section:ty),*) => {$(
+        impl HttpFields for $section {
+            fn base_url(&self) -> &str {
+                &self.base_url
+            }
+            fn api_key(&self) -> Option<&str> {
+                self.api_key.as_deref()
+            }
+            fn headers(&self) -> &BTreeMap<String, String> {
+                &self.headers
+            }
+            fn timeouts(&self) -> &TimeoutSection {
+                &self.timeouts
+            }
+            fn ca_file(&self) -> Option<&str> {
+                self.ca_file.as_deref()
+            }
+        }
+    )*};
+}
+
+http_fields!(
+    HttpProviderSection,
+    AzureSection,
+    AnthropicSection,
+    OllamaSection,
+    GeminiSection,
+    HuggingFaceSection
+);
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpProviderSection {

@@ -113,6 +113,113 @@ pub async fn post_json(
     })
 }
 
+/// Largest complete answer read from an upstream.
+pub const MAX_ANSWER_BYTES: usize = 64 << 20;
+
+/// A translating provider's upstream: its pooled client, its config, and its
+/// own headers (key, API version), built once.
+pub struct JsonUpstream {
+    pub client: UpstreamClient,
+    pub spec: HttpSpec,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl JsonUpstream {
+    pub fn new(name: &str, spec: HttpSpec, headers: Vec<(HeaderName, HeaderValue)>) -> Self {
+        JsonUpstream {
+            client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
+            spec,
+            headers,
+        }
+    }
+
+    /// The provider's configured name.
+    pub fn name(&self) -> &str {
+        self.client.provider()
+    }
+
+    /// `path` under the configured base URL.
+    pub fn uri(&self, path: &str) -> Option<Uri> {
+        format!("{}{path}", self.spec.base_url).parse().ok()
+    }
+
+    /// The upstream answered something that is not its API.
+    pub fn protocol(&self, detail: impl Into<String>) -> UpstreamError {
+        UpstreamError::Protocol {
+            provider: self.name().to_owned(),
+            detail: detail.into(),
+        }
+    }
+
+    /// POSTs `body` as JSON; see [`post_json`].
+    pub async fn post(
+        &self,
+        call: &Call<'_>,
+        uri: Option<Uri>,
+        body: &impl serde::Serialize,
+        (stream, stream_type): (bool, &'static str),
+        translate: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> ApiError,
+    ) -> Result<Success, UpstreamError> {
+        let body = serde_json::to_vec(body).map_err(|e| self.protocol(e.to_string()))?;
+        let post = JsonPost {
+            uri,
+            body,
+            stream,
+            stream_type,
+            headers: &self.headers,
+        };
+        post_json(&self.client, &self.spec, call, post, translate).await
+    }
+
+    /// GETs `uri` (a model list, say) with the configured and own headers; the
+    /// whole body, bounded, or the translated error.
+    pub async fn get(
+        &self,
+        uri: Option<Uri>,
+        translate: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> ApiError,
+    ) -> Result<Bytes, UpstreamError> {
+        let uri = uri.ok_or_else(|| self.protocol("the configured base URL makes no valid URL"))?;
+        let mut req = Request::get(uri)
+            .body(Full::new(Bytes::new()))
+            .expect("static parts are valid");
+        for (name, value) in self.spec.headers.iter().chain(&self.headers) {
+            req.headers_mut().insert(name.clone(), value.clone());
+        }
+        let deadline = self.client.total_deadline();
+        let (parts, body) = self.client.send(req, deadline, false).await?.into_parts();
+        let raw = self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await?;
+        if !parts.status.is_success() {
+            return Err(UpstreamError::Status {
+                error: translate(parts.status, &parts.headers, &raw),
+            });
+        }
+        Ok(raw)
+    }
+
+    /// Removes the provider's key from text an upstream wrote, should it appear.
+    pub fn scrub(&self, message: &str) -> String {
+        scrub(&self.spec.key, message)
+    }
+
+    /// A complete answer's body, bounded.
+    pub async fn read(&self, answer: Success) -> Result<Bytes, UpstreamError> {
+        self.client
+            .read_body(answer.body, MAX_ANSWER_BYTES, answer.deadline)
+            .await
+    }
+}
+
+/// Removes `key` from text an upstream wrote, should it appear (short keys
+/// are left alone: they would match ordinary words).
+pub fn scrub(key: &KeyState, message: &str) -> String {
+    match key {
+        KeyState::Set(k) if k.expose().len() >= 8 && message.contains(k.expose()) => {
+            message.replace(k.expose(), "[redacted]")
+        }
+        _ => message.to_owned(),
+    }
+}
+
 /// A provider's key as a header value, marked sensitive so it is never logged.
 pub fn key_header(spec: &HttpSpec, prefix: &str) -> Option<HeaderValue> {
     match &spec.key {

@@ -14,43 +14,39 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use super::event_body::{self, SseBody, Translate};
-use super::upstream_call::{JsonPost, key_header, post_json};
+use super::upstream_call::{JsonUpstream, key_header, scrub};
 use super::upstream_status;
 use super::{Call, EventStream, Provider, Reply, UpstreamClient, UpstreamError};
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
 use crate::config::{HttpSpec, KeyState};
 use response::{Step, StreamTranslator};
 
-const MAX_ANSWER_BYTES: usize = 64 << 20;
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 
 pub struct AnthropicProvider {
-    client: UpstreamClient,
-    spec: HttpSpec,
+    upstream: JsonUpstream,
     messages_uri: Option<Uri>,
-    version: HeaderValue,
     /// `max_tokens` is required by Anthropic; used when the request sets none.
     default_max_tokens: u32,
-    /// `x-api-key`, marked sensitive so it is never logged.
-    key: Option<HeaderValue>,
 }
 
 impl AnthropicProvider {
     pub fn new(name: &str, spec: HttpSpec, version: &str, default_max_tokens: u32) -> Self {
-        let key = key_header(&spec, "");
+        let version = HeaderValue::from_str(version).unwrap_or(HeaderValue::from_static("2023-06-01"));
+        let mut headers = vec![(ANTHROPIC_VERSION, version)];
+        // `x-api-key`, marked sensitive so it is never logged.
+        headers.extend(key_header(&spec, "").map(|k| (X_API_KEY, k)));
+        let upstream = JsonUpstream::new(name, spec, headers);
         AnthropicProvider {
-            client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
-            messages_uri: format!("{}/v1/messages", spec.base_url).parse().ok(),
-            version: HeaderValue::from_str(version).unwrap_or(HeaderValue::from_static("2023-06-01")),
-            spec,
+            messages_uri: upstream.uri("/v1/messages"),
+            upstream,
             default_max_tokens,
-            key,
         }
     }
 
     fn name(&self) -> &str {
-        self.client.provider()
+        self.upstream.name()
     }
 
     /// Anthropic's `{"type":"error","error":{"type","message"}}` → the client's error.
@@ -58,7 +54,7 @@ impl AnthropicProvider {
         let body: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
         let (kind, message) = error_parts(&body);
         if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
-            let logged = scrub(&self.spec.key, message.unwrap_or(""));
+            let logged = self.upstream.scrub(message.unwrap_or(""));
             return upstream_status::credentials_rejected(self.name(), status, &logged);
         }
         // 529 "overloaded" is Anthropic's own status: clients know it as 503.
@@ -69,7 +65,7 @@ impl AnthropicProvider {
         };
         let message = message.map_or_else(
             || format!("provider `{}` answered status {}", self.name(), status.as_u16()),
-            |m| scrub(&self.spec.key, m),
+            |m| self.upstream.scrub(m),
         );
         let mut error = ApiError::new(status, ErrorKind::Upstream, message);
         if let Some(kind) = kind {
@@ -90,14 +86,6 @@ fn status_for(kind: Option<&str>) -> StatusCode {
         Some("overloaded_error") => StatusCode::SERVICE_UNAVAILABLE,
         Some("timeout_error") => StatusCode::GATEWAY_TIMEOUT,
         _ => StatusCode::BAD_GATEWAY,
-    }
-}
-
-/// Removes the provider's key from text an upstream wrote, should it appear.
-fn scrub(key: &KeyState, message: &str) -> String {
-    match key {
-        KeyState::Set(k) if k.expose().len() >= 8 => message.replace(k.expose(), "[redacted]"),
-        _ => message.to_owned(),
     }
 }
 
@@ -164,37 +152,24 @@ impl Provider for AnthropicProvider {
         let stream = req.is_stream();
         let translated = request::to_messages_request(&req, call.upstream_model, self.default_max_tokens)
             .map_err(|error| UpstreamError::Status { error })?;
-        let body = serde_json::to_vec(&translated).map_err(|e| UpstreamError::Protocol {
-            provider: self.name().to_owned(),
-            detail: e.to_string(),
-        })?;
-        let mut headers = vec![(ANTHROPIC_VERSION, self.version.clone())];
-        headers.extend(self.key.iter().map(|k| (X_API_KEY, k.clone())));
-        let post = JsonPost {
-            uri: self.messages_uri.clone(),
-            body,
-            stream,
-            stream_type: "text/event-stream",
-            headers: &headers,
-        };
-        let answer = post_json(&self.client, &self.spec, &call, post, |status, headers, raw| {
-            self.translate_error(status, headers, raw)
-        })
-        .await?;
-        let (body, deadline) = (answer.body, answer.deadline);
+        let answer = self
+            .upstream
+            .post(
+                &call,
+                self.messages_uri.clone(),
+                &translated,
+                (stream, "text/event-stream"),
+                |status, headers, raw| self.translate_error(status, headers, raw),
+            )
+            .await?;
         if stream {
-            return Ok(Reply::Stream(relay(
-                body,
-                self.client.clone(),
-                deadline,
-                self.spec.key.clone(),
-            )));
+            let client = self.upstream.client.clone();
+            let key = self.upstream.spec.key.clone();
+            return Ok(Reply::Stream(relay(answer.body, client, answer.deadline, key)));
         }
-        let raw = self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await?;
-        let (body, usage) = response::to_chat_completion(&raw).map_err(|e| UpstreamError::Protocol {
-            provider: self.name().to_owned(),
-            detail: format!("not a Messages answer: {e}"),
-        })?;
+        let raw = self.upstream.read(answer).await?;
+        let (body, usage) = response::to_chat_completion(&raw)
+            .map_err(|e| self.upstream.protocol(format!("not a Messages answer: {e}")))?;
         Ok(Reply::Complete {
             body,
             usage: Some(usage),

@@ -6,76 +6,51 @@ mod translate;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue, StatusCode};
+use http::{HeaderName, StatusCode};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::event_body::{self, SseBody, Translate};
-use super::upstream_call::{JsonPost, key_header, post_json};
+use super::upstream_call::{JsonUpstream, Success, key_header};
 use super::{
     Call, EventStream, Provider, Reply, StreamEvent, UpstreamClient, UpstreamError, percent_encode, upstream_status,
 };
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
-use crate::config::{HttpSpec, KeyState};
+use crate::config::HttpSpec;
 use translate::{Step, StreamTranslator};
 
-const MAX_ANSWER_BYTES: usize = 64 << 20;
 const X_GOOG_API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
 
 pub struct GeminiProvider {
-    client: UpstreamClient,
-    spec: HttpSpec,
-    key: Option<HeaderValue>,
+    upstream: JsonUpstream,
 }
 
 impl GeminiProvider {
     pub fn new(name: &str, spec: HttpSpec) -> Self {
-        let key = key_header(&spec, "");
+        let key = key_header(&spec, "").map(|v| (X_GOOG_API_KEY, v));
         GeminiProvider {
-            client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
-            spec,
-            key,
+            upstream: JsonUpstream::new(name, spec, key.into_iter().collect()),
         }
     }
 
     fn name(&self) -> &str {
-        self.client.provider()
+        self.upstream.name()
     }
 
-    async fn send(
-        &self,
-        call: &Call<'_>,
-        method: &str,
-        body: &Value,
-        stream: bool,
-    ) -> Result<(Incoming, Instant), UpstreamError> {
+    /// `models/{model}:{method}`, streamed as SSE when `stream`.
+    async fn send(&self, call: &Call<'_>, method: &str, body: &Value, stream: bool) -> Result<Success, UpstreamError> {
         let query = if stream { "?alt=sse" } else { "" };
-        let uri = format!(
-            "{}/models/{}:{method}{query}",
-            self.spec.base_url,
+        let uri = self.upstream.uri(&format!(
+            "/models/{}:{method}{query}",
             percent_encode(call.upstream_model)
-        )
-        .parse()
-        .ok();
-        let body = serde_json::to_vec(body).map_err(|e| UpstreamError::Protocol {
-            provider: self.name().to_owned(),
-            detail: e.to_string(),
-        })?;
-        let headers = self.key.iter().map(|k| (X_GOOG_API_KEY, k.clone())).collect::<Vec<_>>();
-        let post = JsonPost {
-            uri,
-            body,
-            stream,
-            stream_type: "text/event-stream",
-            headers: &headers,
-        };
-        let answer = post_json(&self.client, &self.spec, call, post, |status, _, raw| {
-            let value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
-            self.translate_error(status, &value)
-        })
-        .await?;
-        Ok((answer.body, answer.deadline))
+        ));
+        self.upstream
+            .post(call, uri, body, (stream, "text/event-stream"), |status, _, raw| {
+                let value: Value = serde_json::from_slice(raw).unwrap_or(Value::Null);
+                self.translate_error(status, &value)
+            })
+            .await
     }
 
     /// Google's `{"error":{code, message, status, details}}` → the client's error.
@@ -84,7 +59,7 @@ impl GeminiProvider {
         let message = error
             .get("message")
             .and_then(Value::as_str)
-            .map(|m| scrub(&self.spec.key, m));
+            .map(|m| self.upstream.scrub(m));
         let details = error
             .get("details")
             .and_then(Value::as_array)
@@ -108,13 +83,6 @@ impl GeminiProvider {
             .and_then(|d| d.trim_end_matches('s').parse::<f64>().ok())
             .map(|s| s.ceil() as u64);
         api
-    }
-}
-
-fn scrub(key: &KeyState, message: &str) -> String {
-    match key {
-        KeyState::Set(k) if k.expose().len() >= 8 => message.replace(k.expose(), "[redacted]"),
-        _ => message.to_owned(),
     }
 }
 
@@ -167,15 +135,14 @@ impl Provider for GeminiProvider {
         } else {
             "generateContent"
         };
-        let (incoming, deadline) = self.send(&call, method, &body, stream).await?;
+        let answer = self.send(&call, method, &body, stream).await?;
         if stream {
-            return Ok(Reply::Stream(relay(incoming, self.client.clone(), deadline)));
+            let client = self.upstream.client.clone();
+            return Ok(Reply::Stream(relay(answer.body, client, answer.deadline)));
         }
-        let raw = self.client.read_body(incoming, MAX_ANSWER_BYTES, deadline).await?;
-        let (body, usage) = translate::to_chat_completion(&raw).map_err(|e| UpstreamError::Protocol {
-            provider: self.name().to_owned(),
-            detail: format!("not a generateContent answer: {e}"),
-        })?;
+        let raw = self.upstream.read(answer).await?;
+        let (body, usage) = translate::to_chat_completion(&raw)
+            .map_err(|e| self.upstream.protocol(format!("not a generateContent answer: {e}")))?;
         Ok(Reply::Complete {
             body,
             usage: Some(usage),
@@ -196,12 +163,10 @@ impl Provider for GeminiProvider {
     async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
         let body = translate::to_batch_embed_request(&req, call.upstream_model)
             .map_err(|error| UpstreamError::Status { error })?;
-        let (incoming, deadline) = self.send(&call, "batchEmbedContents", &body, false).await?;
-        let raw = self.client.read_body(incoming, MAX_ANSWER_BYTES, deadline).await?;
-        let (body, usage) = translate::to_embeddings(&raw, &req).map_err(|e| UpstreamError::Protocol {
-            provider: self.name().to_owned(),
-            detail: format!("not a batchEmbedContents answer: {e}"),
-        })?;
+        let answer = self.send(&call, "batchEmbedContents", &body, false).await?;
+        let raw = self.upstream.read(answer).await?;
+        let (body, usage) = translate::to_embeddings(&raw, &req)
+            .map_err(|e| self.upstream.protocol(format!("not a batchEmbedContents answer: {e}")))?;
         Ok(Reply::Complete {
             body,
             usage: Some(usage),

@@ -10,13 +10,13 @@ mod translate;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use http::{HeaderMap, StatusCode, Uri};
 use hyper::body::Incoming;
 use serde_json::Value;
 use tokio::time::Instant;
 
 use super::event_body::{self, SseBody, Translate};
-use super::upstream_call::{JsonPost, Success, key_header, post_json};
+use super::upstream_call::{JsonUpstream, Success, key_header};
 use super::upstream_status;
 use super::{Call, EventStream, Provider, Reply, UpstreamClient, UpstreamError};
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest};
@@ -24,64 +24,33 @@ use crate::config::HttpSpec;
 pub use template::ChatTemplate;
 use translate::{HeaderCounts, Prepared, Step, StreamTranslator};
 
-const MAX_ANSWER_BYTES: usize = 64 << 20;
+/// SSE, the media type of TGI's streams.
+const SSE: &str = "text/event-stream";
 
 pub struct HuggingFaceProvider {
-    client: UpstreamClient,
-    spec: HttpSpec,
+    upstream: JsonUpstream,
     template: ChatTemplate,
     generate_uri: Option<Uri>,
     stream_uri: Option<Uri>,
     embed_uri: Option<Uri>,
-    /// `Authorization: Bearer hf_…` for Inference Endpoints; a local server needs none.
-    auth: Option<HeaderValue>,
 }
 
 impl HuggingFaceProvider {
     pub fn new(name: &str, spec: HttpSpec, template: ChatTemplate) -> Self {
-        let uri = |path: &str| format!("{}/{path}", spec.base_url).parse().ok();
+        // `Authorization: Bearer hf_…` for Inference Endpoints; a local server needs none.
+        let auth = key_header(&spec, "Bearer ").map(|v| (AUTHORIZATION, v));
+        let upstream = JsonUpstream::new(name, spec, auth.into_iter().collect());
         HuggingFaceProvider {
-            client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
-            generate_uri: uri("generate"),
-            stream_uri: uri("generate_stream"),
-            embed_uri: uri("embed"),
-            auth: key_header(&spec, "Bearer "),
-            spec,
+            generate_uri: upstream.uri("/generate"),
+            stream_uri: upstream.uri("/generate_stream"),
+            embed_uri: upstream.uri("/embed"),
+            upstream,
             template,
         }
     }
 
     fn name(&self) -> &str {
-        self.client.provider()
-    }
-
-    fn protocol(&self, detail: String) -> UpstreamError {
-        UpstreamError::Protocol {
-            provider: self.name().to_owned(),
-            detail,
-        }
-    }
-
-    async fn send(
-        &self,
-        call: &Call<'_>,
-        uri: Option<&Uri>,
-        body: &Value,
-        stream: bool,
-    ) -> Result<Success, UpstreamError> {
-        let body = serde_json::to_vec(body).map_err(|e| self.protocol(e.to_string()))?;
-        let headers = self.auth.iter().map(|a| (AUTHORIZATION, a.clone())).collect::<Vec<_>>();
-        let post = JsonPost {
-            uri: uri.cloned(),
-            body,
-            stream,
-            stream_type: "text/event-stream",
-            headers: &headers,
-        };
-        post_json(&self.client, &self.spec, call, post, |status, headers, raw| {
-            self.translate_error(status, headers, raw)
-        })
-        .await
+        self.upstream.name()
     }
 
     fn translate_error(&self, status: StatusCode, headers: &HeaderMap, raw: &[u8]) -> ApiError {
@@ -93,30 +62,37 @@ impl HuggingFaceProvider {
         error
     }
 
+    async fn send(
+        &self,
+        call: &Call<'_>,
+        uri: &Option<Uri>,
+        body: &Value,
+        stream: bool,
+    ) -> Result<Success, UpstreamError> {
+        self.upstream
+            .post(call, uri.clone(), body, (stream, SSE), |status, headers, raw| {
+                self.translate_error(status, headers, raw)
+            })
+            .await
+    }
+
     /// `/generate` or `/generate_stream`, answered in the shape `prepared` asks for.
     async fn generate(&self, call: Call<'_>, prepared: Prepared, stream: bool) -> Result<Reply, UpstreamError> {
         let uri = if stream { &self.stream_uri } else { &self.generate_uri };
-        let answer = self.send(&call, uri.as_ref(), &prepared.body, stream).await?;
+        let answer = self.send(&call, uri, &prepared.body, stream).await?;
         let request_id = call.request_id.to_str().unwrap_or("-");
         if stream {
             let translator = StreamTranslator::new(&prepared, request_id, call.upstream_model);
-            return Ok(Reply::Stream(relay(
-                answer.body,
-                self.client.clone(),
-                answer.deadline,
-                translator,
-            )));
+            let client = self.upstream.client.clone();
+            return Ok(Reply::Stream(relay(answer.body, client, answer.deadline, translator)));
         }
         let counts = HeaderCounts {
             prompt: header_count(&answer.headers, "x-prompt-tokens"),
             generated: header_count(&answer.headers, "x-generated-tokens"),
         };
-        let raw = self
-            .client
-            .read_body(answer.body, MAX_ANSWER_BYTES, answer.deadline)
-            .await?;
+        let raw = self.upstream.read(answer).await?;
         let (body, usage) = translate::to_answer(&raw, &prepared, counts, request_id, call.upstream_model)
-            .map_err(|e| self.protocol(format!("not a /generate answer: {e}")))?;
+            .map_err(|e| self.upstream.protocol(format!("not a /generate answer: {e}")))?;
         Ok(Reply::Complete {
             body,
             usage: Some(usage),
@@ -162,14 +138,11 @@ impl Provider for HuggingFaceProvider {
 
     async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
         let body = translate::to_embed_request(&req).map_err(|error| UpstreamError::Status { error })?;
-        let answer = self.send(&call, self.embed_uri.as_ref(), &body, false).await?;
+        let answer = self.send(&call, &self.embed_uri, &body, false).await?;
         let tokens = header_count(&answer.headers, "x-compute-tokens");
-        let raw = self
-            .client
-            .read_body(answer.body, MAX_ANSWER_BYTES, answer.deadline)
-            .await?;
+        let raw = self.upstream.read(answer).await?;
         let (body, usage) = translate::to_embeddings(&raw, &req, tokens, call.upstream_model)
-            .map_err(|e| self.protocol(format!("not an /embed answer: {e}")))?;
+            .map_err(|e| self.upstream.protocol(format!("not an /embed answer: {e}")))?;
         Ok(Reply::Complete {
             body,
             usage: Some(usage),

@@ -7,13 +7,13 @@ mod translate;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::AUTHORIZATION;
-use http::{HeaderMap, HeaderValue, Request, StatusCode, Uri};
-use http_body_util::Full;
+use http::{HeaderMap, StatusCode, Uri};
 use hyper::body::Incoming;
+use serde_json::Value;
 use tokio::time::Instant;
 
 use super::event_body::{self, NdjsonBody, Translate};
-use super::upstream_call::{JsonPost, key_header, post_json};
+use super::upstream_call::{JsonUpstream, Success, key_header};
 use super::upstream_status;
 use super::{Call, EventStream, Provider, Reply, UpstreamClient, UpstreamError};
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, ErrorKind};
@@ -21,65 +21,48 @@ use crate::config::HttpSpec;
 pub use translate::Settings;
 use translate::{Step, StreamTranslator};
 
-const MAX_ANSWER_BYTES: usize = 64 << 20;
-
 pub struct OllamaProvider {
-    client: UpstreamClient,
-    spec: HttpSpec,
+    upstream: JsonUpstream,
     chat_uri: Option<Uri>,
     embed_uri: Option<Uri>,
     tags_uri: Option<Uri>,
     settings: Settings,
-    /// `Authorization: Bearer` for Ollama's cloud; local servers need none.
-    auth: Option<HeaderValue>,
 }
 
 impl OllamaProvider {
     pub fn new(name: &str, spec: HttpSpec, settings: Settings) -> Self {
-        let auth = key_header(&spec, "Bearer ");
+        // `Authorization: Bearer` for Ollama's cloud; local servers need none.
+        let auth = key_header(&spec, "Bearer ").map(|v| (AUTHORIZATION, v));
+        let upstream = JsonUpstream::new(name, spec, auth.into_iter().collect());
         OllamaProvider {
-            client: UpstreamClient::new(name, spec.timeouts, &spec.extra_roots),
-            chat_uri: format!("{}/api/chat", spec.base_url).parse().ok(),
-            embed_uri: format!("{}/api/embed", spec.base_url).parse().ok(),
-            tags_uri: format!("{}/api/tags", spec.base_url).parse().ok(),
-            spec,
+            chat_uri: upstream.uri("/api/chat"),
+            embed_uri: upstream.uri("/api/embed"),
+            tags_uri: upstream.uri("/api/tags"),
+            upstream,
             settings,
-            auth,
         }
     }
 
     fn name(&self) -> &str {
-        self.client.provider()
-    }
-
-    fn protocol(&self, detail: String) -> UpstreamError {
-        UpstreamError::Protocol {
-            provider: self.name().to_owned(),
-            detail,
-        }
+        self.upstream.name()
     }
 
     async fn send(
         &self,
         call: &Call<'_>,
-        uri: Option<&Uri>,
-        body: &serde_json::Value,
+        uri: &Option<Uri>,
+        body: &Value,
         stream: bool,
-    ) -> Result<(Incoming, Instant), UpstreamError> {
-        let body = serde_json::to_vec(body).map_err(|e| self.protocol(e.to_string()))?;
-        let headers = self.auth.iter().map(|a| (AUTHORIZATION, a.clone())).collect::<Vec<_>>();
-        let post = JsonPost {
-            uri: uri.cloned(),
-            body,
-            stream,
-            stream_type: "application/x-ndjson",
-            headers: &headers,
-        };
-        let answer = post_json(&self.client, &self.spec, call, post, |status, headers, raw| {
-            self.translate_error(status, headers, raw)
-        })
-        .await?;
-        Ok((answer.body, answer.deadline))
+    ) -> Result<Success, UpstreamError> {
+        self.upstream
+            .post(
+                call,
+                uri.clone(),
+                body,
+                (stream, "application/x-ndjson"),
+                |status, headers, raw| self.translate_error(status, headers, raw),
+            )
+            .await
     }
 
     /// Ollama's `{"error": "..."}` → the client's error; a missing model is a 404 `model_not_found`.
@@ -130,19 +113,15 @@ impl Provider for OllamaProvider {
         let stream = req.is_stream();
         let body = translate::to_chat_request(&req, call.upstream_model, &self.settings)
             .map_err(|error| UpstreamError::Status { error })?;
-        let (incoming, deadline) = self.send(&call, self.chat_uri.as_ref(), &body, stream).await?;
+        let answer = self.send(&call, &self.chat_uri, &body, stream).await?;
         let request_id = call.request_id.to_str().unwrap_or("-");
         if stream {
-            return Ok(Reply::Stream(relay(
-                incoming,
-                self.client.clone(),
-                deadline,
-                request_id,
-            )));
+            let client = self.upstream.client.clone();
+            return Ok(Reply::Stream(relay(answer.body, client, answer.deadline, request_id)));
         }
-        let raw = self.client.read_body(incoming, MAX_ANSWER_BYTES, deadline).await?;
+        let raw = self.upstream.read(answer).await?;
         let (body, usage) = translate::to_chat_completion(&raw, request_id)
-            .map_err(|e| self.protocol(format!("not an /api/chat answer: {e}")))?;
+            .map_err(|e| self.upstream.protocol(format!("not an /api/chat answer: {e}")))?;
         Ok(Reply::Complete {
             body,
             usage: Some(usage),
@@ -161,37 +140,21 @@ impl Provider for OllamaProvider {
     }
 
     async fn discover_models(&self) -> Result<Vec<String>, UpstreamError> {
-        let uri = self
-            .tags_uri
-            .clone()
-            .ok_or_else(|| self.protocol("no /api/tags URL".into()))?;
-        let mut req = Request::get(uri)
-            .body(Full::new(Bytes::new()))
-            .expect("static parts are valid");
-        for (name, value) in &self.spec.headers {
-            req.headers_mut().insert(name.clone(), value.clone());
-        }
-        if let Some(auth) = &self.auth {
-            req.headers_mut().insert(AUTHORIZATION, auth.clone());
-        }
-        let deadline = self.client.total_deadline();
-        let resp = self.client.send(req, deadline, false).await?;
-        let (parts, body) = resp.into_parts();
-        let raw = self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await?;
-        if !parts.status.is_success() {
-            return Err(UpstreamError::Status {
-                error: self.translate_error(parts.status, &parts.headers, &raw),
-            });
-        }
-        translate::model_names(&raw).map_err(|e| self.protocol(format!("not an /api/tags answer: {e}")))
+        let raw = self
+            .upstream
+            .get(self.tags_uri.clone(), |status, headers, raw| {
+                self.translate_error(status, headers, raw)
+            })
+            .await?;
+        translate::model_names(&raw).map_err(|e| self.upstream.protocol(format!("not an /api/tags answer: {e}")))
     }
 
     async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
         let body = translate::to_embed_request(&req, call.upstream_model, &self.settings);
-        let (incoming, deadline) = self.send(&call, self.embed_uri.as_ref(), &body, false).await?;
-        let raw = self.client.read_body(incoming, MAX_ANSWER_BYTES, deadline).await?;
+        let answer = self.send(&call, &self.embed_uri, &body, false).await?;
+        let raw = self.upstream.read(answer).await?;
         let (body, usage) = translate::to_embeddings(&raw, req.encoding_format)
-            .map_err(|e| self.protocol(format!("not an /api/embed answer: {e}")))?;
+            .map_err(|e| self.upstream.protocol(format!("not an /api/embed answer: {e}")))?;
         Ok(Reply::Complete {
             body,
             usage: Some(usage),

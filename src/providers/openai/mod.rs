@@ -14,12 +14,12 @@ use serde::Serialize;
 
 use super::client::UpstreamClient;
 use super::error::UpstreamError;
-use super::upstream_call::{JsonPost, key_header, post_json};
+use super::upstream_call::{self, JsonPost, key_header, post_json};
 use super::upstream_status;
 use super::{Call, Provider, Reply, percent_encode};
 use crate::api::usage::find_usage;
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, StreamOptions};
-use crate::config::{HttpSpec, KeyState};
+use crate::config::HttpSpec;
 
 /// Largest complete (non-streamed) answer accepted from an upstream.
 const MAX_ANSWER_BYTES: usize = 64 << 20;
@@ -201,12 +201,7 @@ impl OpenAiProvider {
 
     /// Removes the provider's key from a message an upstream wrote, should it appear.
     fn scrub(&self, message: String) -> String {
-        match &self.spec.key {
-            KeyState::Set(key) if key.expose().len() >= 8 && message.contains(key.expose()) => {
-                message.replace(key.expose(), "[redacted]")
-            }
-            _ => message,
-        }
+        upstream_call::scrub(&self.spec.key, &message)
     }
 
     fn ask_for_usage(&self, options: &mut Option<StreamOptions>) {
