@@ -13,13 +13,7 @@ pub fn parse(body: &Value) -> Ask {
         stops: strings(body.get("stop_sequences")),
         max_tokens: body["max_tokens"].as_u64(),
         temperature: body["temperature"].as_f64(),
-        tools: body["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t["name"].as_str())
-            .map(str::to_owned)
-            .collect(),
+        tools: tool_names(&body["tools"], "/name"),
         ..Ask::default()
     };
     let messages = body["messages"].as_array().cloned().unwrap_or_default();

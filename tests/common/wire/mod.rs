@@ -421,6 +421,17 @@ fn text_of(content: &Value) -> String {
     }
 }
 
+/// The names of declared tools, each found at `pointer` in its declaration.
+fn tool_names(tools: &Value, pointer: &str) -> Vec<String> {
+    tools
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.pointer(pointer).and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn strings(v: Option<&Value>) -> Vec<String> {
     match v {
         Some(Value::String(s)) => vec![s.clone()],

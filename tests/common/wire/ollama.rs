@@ -15,13 +15,7 @@ pub fn parse(body: &Value) -> Ask {
         stops: strings(options.get("stop")),
         max_tokens: options["num_predict"].as_u64(),
         temperature: options["temperature"].as_f64(),
-        tools: body["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
-            .map(str::to_owned)
-            .collect(),
+        tools: tool_names(&body["tools"], "/function/name"),
         ..Ask::default()
     };
     ask.system = messages

@@ -24,13 +24,7 @@ pub fn parse(body: &Value) -> Ask {
         stops: strings(body.get("stop")),
         max_tokens: body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64()),
         temperature: body["temperature"].as_f64(),
-        tools: body["tools"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|t| t.pointer("/function/name").and_then(Value::as_str))
-            .map(str::to_owned)
-            .collect(),
+        tools: tool_names(&body["tools"], "/function/name"),
         ..Ask::default()
     };
     let system: Vec<String> = messages
