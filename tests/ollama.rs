@@ -47,6 +47,19 @@ async fn chat_is_translated_there_and_back() {
         got.body,
         json!({"model": "llama3.2", "messages": [{"role": "user", "content": "Weather in Paris?"}], "options": {"temperature": 0.2}, "stream": false, "keep_alive": "10m"})
     );
+    // Ollama's own timings are kept: a cold model load shows in the metrics.
+    let m = gw.metrics().await;
+    for (phase, field) in [
+        ("load", "load_duration"),
+        ("prompt", "prompt_eval_duration"),
+        ("generation", "eval_duration"),
+    ] {
+        let series =
+            format!(r#"tollgate_upstream_reported_seconds_total{{model="llama",phase="{phase}",provider="local"}}"#);
+        let seconds = expected[field].as_f64().unwrap() / 1e9;
+        let got = metric(&m, &series).unwrap_or_else(|| panic!("{series} missing: {m}"));
+        assert!((got - seconds).abs() < 1e-9, "{phase}: {got} vs {seconds}");
+    }
 }
 
 #[tokio::test]

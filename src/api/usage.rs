@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use memchr::memmem::FinderRev;
 
@@ -19,6 +20,40 @@ pub struct Usage {
     /// Counted by tollgate because the upstream reported none; never sent to clients.
     #[serde(skip)]
     pub estimated: bool,
+    /// Where the upstream says its time went (Ollama, TGI); never sent to clients.
+    #[serde(skip)]
+    pub reported_time: ReportedTime,
+}
+
+/// Time an upstream reports spending on a request, by phase: what metering
+/// keeps of Ollama's `*_duration` fields and TGI's timing headers. Zero when
+/// not reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportedTime {
+    /// Loading the model (Ollama's cold start).
+    pub load: Duration,
+    /// Waiting in the server's queue (TGI).
+    pub queue: Duration,
+    /// Reading the prompt (Ollama's prompt evaluation).
+    pub prompt: Duration,
+    /// Generating the answer (Ollama's evaluation, TGI's inference).
+    pub generation: Duration,
+}
+
+impl ReportedTime {
+    pub fn is_zero(&self) -> bool {
+        *self == ReportedTime::default()
+    }
+
+    /// The phases as metric labels, with their time.
+    pub fn phases(&self) -> [(&'static str, Duration); 4] {
+        [
+            ("load", self.load),
+            ("queue", self.queue),
+            ("prompt", self.prompt),
+            ("generation", self.generation),
+        ]
+    }
 }
 
 impl Usage {
@@ -28,6 +63,7 @@ impl Usage {
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
             estimated: false,
+            reported_time: ReportedTime::default(),
         }
     }
 
@@ -173,7 +209,7 @@ mod tests {
                 prompt_tokens: 3,
                 completion_tokens: 0,
                 total_tokens: 4,
-                estimated: false,
+                ..Usage::default()
             })
         );
         let u: UsageOnly = serde_json::from_str(r#"{"usage":"n/a","x":1}"#).unwrap();
@@ -189,7 +225,7 @@ mod tests {
                 prompt_tokens: 7,
                 completion_tokens: 0,
                 total_tokens: 0,
-                estimated: false,
+                ..Usage::default()
             })
         );
     }

@@ -4,10 +4,11 @@
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::api::Usage;
+use crate::api::usage::ReportedTime;
 
 /// The proxy endpoints, as metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +38,8 @@ pub struct Series {
     ttft: prometheus::Histogram,
     prompt_tokens: prometheus::IntCounter,
     completion_tokens: prometheus::IntCounter,
+    /// By phase, in `ReportedTime::phases` order.
+    reported: [prometheus::Counter; 4],
 }
 
 impl Series {
@@ -52,6 +55,11 @@ impl Series {
     pub fn usage(&self, usage: &Usage) {
         self.prompt_tokens.inc_by(usage.prompt_tokens);
         self.completion_tokens.inc_by(usage.completion_tokens);
+        if !usage.reported_time.is_zero() {
+            for (counter, (_, time)) in self.reported.iter().zip(usage.reported_time.phases()) {
+                counter.inc_by(time.as_secs_f64());
+            }
+        }
     }
 }
 
@@ -69,6 +77,7 @@ pub struct Metrics {
     duration: HistogramVec,
     ttft: HistogramVec,
     tokens: IntCounterVec,
+    reported: CounterVec,
     upstream_errors: IntCounterVec,
     in_flight: IntGauge,
 }
@@ -124,6 +133,14 @@ impl Metrics {
             &["model", "provider", "type"],
         )
         .expect("valid metric");
+        let reported = CounterVec::new(
+            Opts::new(
+                "tollgate_upstream_reported_seconds_total",
+                "Time upstreams report spending on requests (Ollama, TGI), by model, provider and phase (load, queue, prompt, generation)",
+            ),
+            &["model", "provider", "phase"],
+        )
+        .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tollgate_upstream_errors_total",
@@ -151,6 +168,7 @@ impl Metrics {
             Box::new(duration.clone()),
             Box::new(ttft.clone()),
             Box::new(tokens.clone()),
+            Box::new(reported.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(build),
@@ -163,6 +181,7 @@ impl Metrics {
             duration,
             ttft,
             tokens,
+            reported,
             upstream_errors,
             in_flight,
         }
@@ -180,6 +199,9 @@ impl Metrics {
             ttft: self.ttft.with_label_values(&[endpoint, model, provider]),
             prompt_tokens: self.tokens.with_label_values(&[model, provider, "prompt"]),
             completion_tokens: self.tokens.with_label_values(&[model, provider, "completion"]),
+            reported: ReportedTime::default()
+                .phases()
+                .map(|(phase, _)| self.reported.with_label_values(&[model, provider, phase])),
         }
     }
 
@@ -209,6 +231,13 @@ impl Metrics {
             self.tokens
                 .with_label_values(&[labels.model, labels.provider, "completion"])
                 .inc_by(usage.completion_tokens);
+        }
+        for (phase, time) in usage.reported_time.phases() {
+            if !time.is_zero() {
+                self.reported
+                    .with_label_values(&[labels.model, labels.provider, phase])
+                    .inc_by(time.as_secs_f64());
+            }
         }
     }
 

@@ -31,6 +31,9 @@ MODELS = {
     "llama": "ollama",
     "tgi": "tgi",
     "gpt": "openai",
+    "gpt-azure": "openai",
+    # TGI's Messages API: the mock answers model `tgi` in TGI's dialect.
+    "tgi-messages": "openai",
 }
 
 # Provider keys for the child only; the mock accepts any.
@@ -38,6 +41,7 @@ PROVIDER_KEYS = {
     "ANTHROPIC_API_KEY": "sk-ant-mock",
     "GEMINI_API_KEY": "gemini-mock",
     "OPENAI_API_KEY": "sk-mock",
+    "AZURE_OPENAI_API_KEY": "azure-mock",
 }
 
 
@@ -59,12 +63,16 @@ providers:
   ollama: {{kind: ollama, base_url: "{m}"}}
   huggingface: {{kind: huggingface, base_url: "{m}", chat_template: chatml}}
   openai: {{kind: openai, base_url: "{m}/v1", api_key: "${{OPENAI_API_KEY}}"}}
+  azure: {{kind: azure, base_url: "{m}", api_key: "${{AZURE_OPENAI_API_KEY}}"}}
+  tgi-messages: {{kind: huggingface, api: messages, base_url: "{m}"}}
 models:
   - {{name: claude, provider: anthropic, upstream_model: claude-sonnet-4-5}}
   - {{name: gemini, provider: gemini, upstream_model: gemini-2.5-flash}}
   - {{name: llama, provider: ollama, upstream_model: "mock-llama:latest"}}
   - {{name: tgi, provider: huggingface}}
   - {{name: gpt, provider: openai, upstream_model: gpt-4o-mini}}
+  - {{name: gpt-azure, provider: azure, upstream_model: prod-gpt4o}}
+  - {{name: tgi-messages, provider: tgi-messages, upstream_model: tgi}}
 """
 
 
@@ -127,7 +135,7 @@ def test_config_checks(mock_providers, tmp_path):
         [str(tollgate_bin()), "check", str(path)], env=env, capture_output=True, text=True, timeout=30
     )
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "ok (5 providers, 5 models)" in out.stdout + out.stderr
+    assert "ok (7 providers, 7 models)" in out.stdout + out.stderr
 
 
 @each_model
@@ -210,6 +218,8 @@ FAILURES = {
     "llama": (openai.InternalServerError, 503),
     "tgi": (openai.RateLimitError, 429),
     "gpt": (openai.RateLimitError, 429),
+    "gpt-azure": (openai.RateLimitError, 429),
+    "tgi-messages": (openai.RateLimitError, 429),
 }
 
 
@@ -219,7 +229,7 @@ def test_upstream_error(client, model):
     with pytest.raises(kind) as err:
         client.chat.completions.create(model=model, messages=ask("fail"))
     assert err.value.status_code == status
-    if model in ("claude", "gemini", "gpt"):
+    if model in ("claude", "gemini", "gpt", "gpt-azure", "tgi-messages"):
         # retry-after (Anthropic, OpenAI) or RetryInfo.retryDelay (Gemini): 7 s.
         assert err.value.response.headers.get("retry-after") == "7"
 

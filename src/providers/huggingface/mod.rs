@@ -89,6 +89,8 @@ impl HuggingFaceProvider {
         let counts = HeaderCounts {
             prompt: header_count(&answer.headers, "x-prompt-tokens"),
             generated: header_count(&answer.headers, "x-generated-tokens"),
+            queue_ms: header_count(&answer.headers, "x-queue-time"),
+            inference_ms: header_count(&answer.headers, "x-inference-time"),
         };
         let raw = self.upstream.read(answer).await?;
         let (body, usage) = translate::to_answer(&raw, &prepared, counts, request_id, call.upstream_model)

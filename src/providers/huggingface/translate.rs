@@ -18,7 +18,7 @@
 //! is cut off, in streams too (text that may be the start of a stop sequence
 //! is held back until it is known not to be).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -311,6 +311,9 @@ fn strip_stop<'t>(text: &'t str, stops: &[String]) -> &'t str {
 pub struct HeaderCounts {
     pub prompt: Option<u64>,
     pub generated: Option<u64>,
+    /// `x-queue-time` and `x-inference-time`, in milliseconds.
+    pub queue_ms: Option<u64>,
+    pub inference_ms: Option<u64>,
 }
 
 /// A complete `/generate` answer as an OpenAI completion of `prepared.shape`.
@@ -330,13 +333,16 @@ pub fn to_answer(
     };
     let prompt = counts.prompt;
     let completion = details.generated_tokens.or(counts.generated);
-    let usage = match (prompt, completion) {
+    let mut usage = match (prompt, completion) {
         (Some(p), Some(c)) => Usage::new(p, c),
         (p, c) => Usage::estimated(
             p.unwrap_or(prepared.prompt_estimate),
             c.unwrap_or_else(|| estimate::tokens(&g.generated_text)),
         ),
     };
+    let ms = |v: Option<u64>| Duration::from_millis(v.unwrap_or(0));
+    usage.reported_time.queue = ms(counts.queue_ms);
+    usage.reported_time.generation = ms(counts.inference_ms);
     let reason = details.finish_reason();
     let body = match prepared.shape {
         Shape::Chat => json!({
@@ -654,12 +660,18 @@ mod tests {
         let counts = HeaderCounts {
             prompt: Some(17),
             generated: Some(8),
+            queue_ms: Some(3),
+            inference_ms: Some(120),
         };
         let (body, usage) = to_answer(raw, &prepared, counts, "r1", "llama").unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "Paris is the capital of France.");
         assert_eq!(v["choices"][0]["finish_reason"], "stop");
-        assert_eq!(usage, Usage::new(17, 8));
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.estimated),
+            (17, 8, false)
+        );
+        assert_eq!(usage.reported_time.generation, Duration::from_millis(120));
         // Without the header, the prompt is estimated and marked so.
         let (_, usage) = to_answer(raw, &prepared, HeaderCounts::default(), "r1", "llama").unwrap();
         assert!(usage.estimated);

@@ -7,7 +7,7 @@
 //! - dropped: `tool_choice`, `logit_bias`, `logprobs`, `user` and other
 //!   OpenAI-only fields; `stream_options` (usage always comes).
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 
 use crate::api::chat::{ChatMessage, MessageContent, Role, base64_data_url};
 use crate::api::embeddings::{EncodingFormat, base64_f32};
+use crate::api::usage::ReportedTime;
 use crate::api::{ApiError, ChatRequest, EmbeddingsRequest, Usage};
 use crate::providers::StreamEvent;
 
@@ -181,6 +182,13 @@ struct ChatObject {
     prompt_eval_count: Option<u64>,
     #[serde(default)]
     eval_count: Option<u64>,
+    /// Nanoseconds, each.
+    #[serde(default)]
+    load_duration: Option<u64>,
+    #[serde(default)]
+    prompt_eval_duration: Option<u64>,
+    #[serde(default)]
+    eval_duration: Option<u64>,
     #[serde(default)]
     error: Option<String>,
 }
@@ -195,7 +203,16 @@ struct OllamaMessage {
 
 fn usage(o: &ChatObject) -> Usage {
     // Absent counts mean 0 (Ollama omits zeros).
-    Usage::new(o.prompt_eval_count.unwrap_or(0), o.eval_count.unwrap_or(0))
+    let ns = |d: Option<u64>| Duration::from_nanos(d.unwrap_or(0));
+    Usage {
+        reported_time: ReportedTime {
+            load: ns(o.load_duration),
+            prompt: ns(o.prompt_eval_duration),
+            generation: ns(o.eval_duration),
+            ..ReportedTime::default()
+        },
+        ..Usage::new(o.prompt_eval_count.unwrap_or(0), o.eval_count.unwrap_or(0))
+    }
 }
 
 fn finish_reason(o: &ChatObject, had_tool_calls: bool) -> &'static str {
@@ -444,7 +461,9 @@ mod tests {
             .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
             .collect();
         assert!(text.ends_with(" 18°C and overcast."), "{text}");
-        assert_eq!(usage, Some(Usage::new(41, 8)));
+        let usage = usage.unwrap();
+        assert_eq!((usage.prompt_tokens, usage.completion_tokens), (41, 8));
+        assert!(!usage.reported_time.is_zero(), "Ollama's durations are kept");
         assert_eq!(chunks.last().unwrap()["choices"], json!([]));
 
         let (chunks, _) = run(include_str!(
