@@ -98,6 +98,7 @@ const HUGGINGFACE: Provider = Provider {
 /// TGI's Messages API through `kind: huggingface, api: messages` (the mock speaks TGI's dialect for model `tgi`).
 const HF_MESSAGES: Provider = Provider {
     model: "m-hf-messages",
+    fail_retry_after: None,
     ..OPENAI
 };
 

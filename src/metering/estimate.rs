@@ -3,8 +3,9 @@
 //! A documented approximation, not a tokenizer: about four characters of
 //! text per token, the rule of thumb OpenAI gives for English with its BPE
 //! encodings. Counting characters (not bytes) keeps CJK and other
-//! multi-byte scripts from being counted three times over. Every count made
-//! here is marked `estimated` wherever usage is recorded.
+//! multi-byte scripts from being counted three times over. Counts made here
+//! are marked (`Usage::estimated`); a complete answer says so to the client
+//! with `x-tollgate-usage: estimated`.
 
 /// Characters per token assumed by [`tokens`].
 pub const CHARS_PER_TOKEN: usize = 4;

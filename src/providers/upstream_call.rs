@@ -43,13 +43,7 @@ pub async fn post_json(
     post: JsonPost<'_>,
     translate: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> ApiError,
 ) -> Result<Success, UpstreamError> {
-    if let KeyState::Missing(vars) = &spec.key {
-        return Err(UpstreamError::NotConfigured(format!(
-            "provider `{}` has no API key: set {} in the gateway's environment",
-            client.provider(),
-            vars.join(", ")
-        )));
-    }
+    require_key(client, spec)?;
     let uri = post.uri.ok_or_else(|| {
         UpstreamError::NotConfigured(format!(
             "provider `{}` cannot build a URL for model `{}`",
@@ -111,6 +105,18 @@ pub async fn post_json(
         provider: client.provider().to_owned(),
         detail: "a streamed request was answered without a stream".into(),
     })
+}
+
+/// A provider whose key is configured but missing from the environment is not called at all.
+fn require_key(client: &UpstreamClient, spec: &HttpSpec) -> Result<(), UpstreamError> {
+    match &spec.key {
+        KeyState::Missing(vars) => Err(UpstreamError::NotConfigured(format!(
+            "provider `{}` has no API key: set {} in the gateway's environment",
+            client.provider(),
+            vars.join(", ")
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Largest complete answer read from an upstream.
@@ -178,6 +184,7 @@ impl JsonUpstream {
         uri: Option<Uri>,
         translate: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> ApiError,
     ) -> Result<Bytes, UpstreamError> {
+        require_key(&self.client, &self.spec)?;
         let uri = uri.ok_or_else(|| self.protocol("the configured base URL makes no valid URL"))?;
         let mut req = Request::get(uri)
             .body(Full::new(Bytes::new()))
@@ -187,13 +194,17 @@ impl JsonUpstream {
         }
         let deadline = self.client.total_deadline();
         let (parts, body) = self.client.send(req, deadline, false).await?.into_parts();
-        let raw = self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await?;
         if !parts.status.is_success() {
+            let raw = self
+                .client
+                .read_body(body, MAX_ERROR_BYTES, deadline)
+                .await
+                .unwrap_or_default();
             return Err(UpstreamError::Status {
                 error: translate(parts.status, &parts.headers, &raw),
             });
         }
-        Ok(raw)
+        self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await
     }
 
     /// Removes the provider's key from text an upstream wrote, should it appear.

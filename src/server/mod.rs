@@ -52,10 +52,14 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
         });
     };
 
-    let discovery = gw
-        .resolver
-        .discovers()
-        .then(|| tokio::spawn(discover_models(gw.clone())));
+    let discovery = if gw.resolver.discovers() {
+        // The first list before /ready says yes, so discovered names answer at once;
+        // bounded, so an unreachable Ollama does not hold the gateway back.
+        let _ = tokio::time::timeout(FIRST_DISCOVERY, gw.resolver.refresh()).await;
+        Some(tokio::spawn(discover_models(gw.clone())))
+    } else {
+        None
+    };
     gw.set_ready(true);
     tokio::pin!(shutdown);
     // Armed by the shutdown signal: the end of `shutdown_delay`.
@@ -98,10 +102,13 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
 
 /// How often providers that list their own models are asked again.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(60);
+/// How long start-up waits for the first model lists.
+const FIRST_DISCOVERY: Duration = Duration::from_secs(2);
 
-/// Keeps the discovered models current, from start-up until shutdown.
+/// Keeps the discovered models current, until shutdown.
 async fn discover_models(gw: Arc<Gateway>) {
-    let mut every = tokio::time::interval(DISCOVERY_INTERVAL);
+    let first = tokio::time::Instant::now() + DISCOVERY_INTERVAL;
+    let mut every = tokio::time::interval_at(first, DISCOVERY_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;

@@ -229,7 +229,7 @@ def test_upstream_error(client, model):
     with pytest.raises(kind) as err:
         client.chat.completions.create(model=model, messages=ask("fail"))
     assert err.value.status_code == status
-    if model in ("claude", "gemini", "gpt", "gpt-azure", "tgi-messages"):
+    if model in ("claude", "gemini", "gpt", "gpt-azure"):
         # retry-after (Anthropic, OpenAI) or RetryInfo.retryDelay (Gemini): 7 s.
         assert err.value.response.headers.get("retry-after") == "7"
 

@@ -58,6 +58,7 @@ impl HuggingFaceProvider {
             return upstream_status::credentials_rejected(self.name(), status, "");
         }
         let mut error = translate::error(Some(status), raw, self.name());
+        error.message = self.upstream.scrub(&error.message);
         error.retry_after = upstream_status::retry_after(headers);
         error
     }

@@ -1,6 +1,10 @@
 //! Chat templates for TGI's native `/generate`, which takes one prompt string
 //! with the model's chat template already applied. Servers with the Messages
 //! API apply the template themselves; these are for the ones without it.
+//!
+//! No template writes the beginning-of-sequence token (`<|begin_of_text|>`,
+//! `<s>`, `<bos>`): TGI's tokenizer adds it to `/generate` inputs itself, and
+//! a second one degrades the answer.
 
 use serde::Deserialize;
 
@@ -64,7 +68,6 @@ impl ChatTemplate {
                 out.push_str("<|im_start|>assistant\n");
             }
             ChatTemplate::Llama3 => {
-                out.push_str("<|begin_of_text|>");
                 for t in turns {
                     let role = match t.speaker {
                         Speaker::System => "system",
@@ -80,7 +83,6 @@ impl ChatTemplate {
                 out.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
             }
             ChatTemplate::Mistral => {
-                out.push_str("<s>");
                 for t in fold_system(turns) {
                     match t.speaker {
                         Speaker::Assistant => {
@@ -97,7 +99,6 @@ impl ChatTemplate {
                 }
             }
             ChatTemplate::Gemma => {
-                out.push_str("<bos>");
                 for t in fold_system(turns) {
                     let role = if t.speaker == Speaker::Assistant {
                         "model"
@@ -174,15 +175,15 @@ mod tests {
         );
         assert_eq!(
             ChatTemplate::Llama3.render(&turns()),
-            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nCapital of France?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+            "<|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nHello!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nCapital of France?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
         );
         assert_eq!(
             ChatTemplate::Mistral.render(&turns()),
-            "<s>[INST] Be brief.\n\nHi [/INST] Hello!</s>[INST] Capital of France? [/INST]"
+            "[INST] Be brief.\n\nHi [/INST] Hello!</s>[INST] Capital of France? [/INST]"
         );
         assert_eq!(
             ChatTemplate::Gemma.render(&turns()),
-            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n<start_of_turn>user\nCapital of France?<end_of_turn>\n<start_of_turn>model\n"
         );
     }
 
@@ -192,6 +193,6 @@ mod tests {
             speaker: Speaker::System,
             text: "Say hi.".into(),
         }];
-        assert_eq!(ChatTemplate::Mistral.render(&only), "<s>[INST] Say hi. [/INST]");
+        assert_eq!(ChatTemplate::Mistral.render(&only), "[INST] Say hi. [/INST]");
     }
 }

@@ -39,6 +39,25 @@ fn unsupported(message: impl Into<String>, param: &str) -> ApiError {
         .with_code("unsupported_parameter")
 }
 
+/// OpenAI's own limit on stop sequences, and a bound on each one's length:
+/// the stream holds back text that may begin a stop sequence and checks it
+/// on every token, so a stop sequence's length is a cost per token.
+const MAX_STOPS: usize = 4;
+const MAX_STOP_BYTES: usize = 256;
+
+fn checked_stops(stops: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if stops.len() > MAX_STOPS {
+        return Err(unsupported(format!("at most {MAX_STOPS} stop sequences"), "stop"));
+    }
+    if stops.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(unsupported(
+            format!("a stop sequence may be at most {MAX_STOP_BYTES} bytes long"),
+            "stop",
+        ));
+    }
+    Ok(stops)
+}
+
 /// Whether answers are chat completions or legacy text completions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -146,12 +165,13 @@ pub fn to_generate_request(req: &ChatRequest, template: ChatTemplate) -> Result<
         .map(|(i, m)| turn(m, i))
         .collect::<Result<Vec<_>, _>>()?;
     let inputs = template.render(&turns);
-    let stops: Vec<String> = req
-        .stop_sequences()
-        .unwrap_or_default()
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+    let stops = checked_stops(
+        req.stop_sequences()
+            .unwrap_or_default()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
+    )?;
     let json_mode = json_schema(req.response_format.as_ref())?;
     let sampling = Sampling {
         temperature: req.temperature,
@@ -241,11 +261,11 @@ pub fn to_generate_from_completion(req: &CompletionRequest) -> Result<Prepared, 
     if req.extra.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(unsupported("TGI's /generate returns one answer: `n` must be 1", "n"));
     }
-    let stops = match req.extra.get("stop") {
+    let stops = checked_stops(match req.extra.get("stop") {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
         _ => Vec::new(),
-    };
+    })?;
     let sampling = Sampling {
         temperature: req.extra.get("temperature").and_then(Value::as_f64),
         top_p: req.extra.get("top_p").and_then(Value::as_f64),
@@ -611,8 +631,16 @@ mod tests {
             json!({"model": "llama", "messages": [{"role": "user", "content": "What is the capital of France?"}],
                               "max_tokens": 20, "temperature": 0.2, "top_p": 0.95, "stop": "\n\n", "seed": 42}),
         );
-        let expected: Value =
+        let mut expected: Value =
             serde_json::from_str(include_str!("../../../tests/fixtures/tgi/generate_request.json")).unwrap();
+        // The fixture's prompt starts with the BOS token, which TGI's tokenizer adds itself (see `template`).
+        let inputs = expected["inputs"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("<|begin_of_text|>")
+            .unwrap()
+            .to_owned();
+        expected["inputs"] = json!(inputs);
         let got = to_generate_request(&req, ChatTemplate::Llama3).unwrap();
         assert_eq!(
             got.body,
@@ -650,6 +678,24 @@ mod tests {
         );
         let n = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}));
         assert_eq!(to_generate_request(&n, ChatTemplate::Chatml).unwrap_err().status, 400);
+        let long = chat(json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": "a".repeat(257)}));
+        assert_eq!(
+            to_generate_request(&long, ChatTemplate::Chatml)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("stop")
+        );
+        let many = chat(
+            json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stop": ["a", "b", "c", "d", "e"]}),
+        );
+        assert_eq!(
+            to_generate_request(&many, ChatTemplate::Chatml)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("stop")
+        );
     }
 
     #[test]

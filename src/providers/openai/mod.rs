@@ -17,6 +17,7 @@ use super::error::UpstreamError;
 use super::upstream_call::{self, JsonPost, key_header, post_json};
 use super::upstream_status;
 use super::{Call, Provider, Reply, percent_encode};
+use crate::api::chat::Stop;
 use crate::api::usage::find_usage;
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, StreamOptions};
 use crate::config::HttpSpec;
@@ -241,10 +242,14 @@ impl Provider for OpenAiProvider {
             // Streams are metered from the usage chunk; the relay hides it from clients that did not ask.
             self.ask_for_usage(&mut req.stream_options);
         }
-        if matches!(self.flavor, Flavor::HfMessages)
-            && let Some(format) = req.response_format.take()
-        {
-            req.response_format = tgi_response_format(format);
+        if matches!(self.flavor, Flavor::HfMessages) {
+            if let Some(format) = req.response_format.take() {
+                req.response_format = tgi_response_format(format);
+            }
+            // TGI takes `stop` only as a list.
+            if let Some(Stop::One(one)) = &mut req.stop {
+                req.stop = Some(Stop::Many(vec![std::mem::take(one)]));
+            }
         }
         self.exchange(call, Endpoint::Chat, &req, stream).await
     }

@@ -8,12 +8,14 @@
 //! raw bytes first: an answer that needs nothing (OpenAI's own) is passed on
 //! untouched, unparsed.
 
+use std::borrow::Cow;
 use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use memchr::memmem::Finder;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use crate::providers::StreamEvent;
@@ -23,8 +25,8 @@ static FINISH_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"
 static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
 
 /// Whether some `key` in `data` has a value starting with `value`, however
-/// the JSON is spaced. A false hit costs a parse, never a wrong answer: the
-/// rewrite itself works on the parsed value.
+/// the JSON is spaced. A false hit (the key inside a string) costs a parse,
+/// never a wrong answer: the rewrite itself reads the parsed value.
 fn has(data: &[u8], key: &Finder<'static>, value: &[u8]) -> bool {
     key.find_iter(data).any(|at| {
         let rest = &data[at + key.needle().len()..];
@@ -42,8 +44,50 @@ fn finish_is(data: &[u8], reason: &[u8]) -> bool {
     has(data, &FINISH_KEY, reason)
 }
 
+/// A non-empty `tool_calls` list (`[]` calls nothing).
 fn tools_called(data: &[u8]) -> bool {
-    has(data, &TOOL_CALLS_KEY, b"[")
+    TOOL_CALLS_KEY.find_iter(data).any(|at| {
+        let rest = data[at + TOOL_CALLS_KEY.needle().len()..].trim_ascii_start();
+        rest.strip_prefix(b":")
+            .map(<[u8]>::trim_ascii_start)
+            .and_then(|rest| rest.strip_prefix(b"["))
+            .is_some_and(|rest| !rest.trim_ascii_start().starts_with(b"]"))
+    })
+}
+
+/// The choices of a chunk that call tools, read without building the chunk.
+fn choices_calling_tools(data: &[u8]) -> Vec<u64> {
+    #[derive(Deserialize)]
+    struct Chunk {
+        #[serde(default)]
+        choices: Vec<Choice>,
+    }
+    #[derive(Deserialize)]
+    struct Choice {
+        #[serde(default)]
+        index: u64,
+        #[serde(default)]
+        delta: Option<Delta>,
+    }
+    #[derive(Deserialize)]
+    struct Delta {
+        #[serde(default)]
+        tool_calls: Option<Vec<IgnoredAny>>,
+    }
+    serde_json::from_slice::<Chunk>(data)
+        .map(|c| {
+            c.choices
+                .into_iter()
+                .filter(|c| {
+                    c.delta
+                        .as_ref()
+                        .and_then(|d| d.tool_calls.as_ref())
+                        .is_some_and(|t| !t.is_empty())
+                })
+                .map(|c| c.index)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Fixes one choice: `stop_sequence` → `stop`; `stop` after tool calls → `tool_calls`.
@@ -90,18 +134,19 @@ pub struct StreamFixer {
     model: Option<String>,
     chat: bool,
     started: bool,
-    called_tools: bool,
+    /// The indices of the choices that called tools (with `n` > 1, not all may).
+    called: Vec<u64>,
     finished: bool,
 }
 
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(default, borrow)]
-    id: Option<&'a str>,
+    id: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    model: Option<&'a str>,
+    model: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
-    object: Option<&'a str>,
+    object: Option<Cow<'a, str>>,
 }
 
 impl StreamFixer {
@@ -111,7 +156,7 @@ impl StreamFixer {
             model: None,
             chat: false,
             started: false,
-            called_tools: false,
+            called: Vec::new(),
             finished: false,
         }
     }
@@ -121,18 +166,24 @@ impl StreamFixer {
         if !self.started {
             self.started = true;
             if let Ok(head) = serde_json::from_slice::<Head>(&data) {
-                self.chat = head.object == Some("chat.completion.chunk");
-                self.model = head.model.map(str::to_owned);
+                self.chat = head.object.as_deref() == Some("chat.completion.chunk");
+                self.model = head.model.map(Cow::into_owned);
                 if let Some(id) = head.id.filter(|id| !id.is_empty()) {
-                    self.id = id.to_owned();
+                    self.id = id.into_owned();
                 }
             }
         }
-        self.called_tools |= tools_called(&data);
+        if tools_called(&data) {
+            for index in choices_calling_tools(&data) {
+                if !self.called.contains(&index) {
+                    self.called.push(index);
+                }
+            }
+        }
         self.finished |= finish_is(&data, b"\"");
         let needs = empty_id(&data)
             || finish_is(&data, b"\"stop_sequence\"")
-            || (self.called_tools && finish_is(&data, b"\"stop\""));
+            || (!self.called.is_empty() && finish_is(&data, b"\"stop\""));
         if !needs {
             return data;
         }
@@ -143,7 +194,8 @@ impl StreamFixer {
             v["id"] = json!(self.id);
         }
         for choice in v.get_mut("choices").and_then(Value::as_array_mut).into_iter().flatten() {
-            fix_finish(choice, self.called_tools);
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            fix_finish(choice, self.called.contains(&index));
         }
         serde_json::to_vec(&v).map(Bytes::from).unwrap_or(data)
     }
@@ -156,7 +208,7 @@ impl StreamFixer {
         }
         self.finished = true;
         let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let reason = if self.called_tools { "tool_calls" } else { "stop" };
+        let reason = if self.called.contains(&0) { "tool_calls" } else { "stop" };
         let body = json!({"id": self.id, "object": "chat.completion.chunk", "created": created, "model": self.model,
                           "choices": [{"index": 0, "delta": {}, "logprobs": null, "finish_reason": reason}]});
         Some(StreamEvent::chunk(
@@ -204,6 +256,25 @@ mod tests {
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(v["model"], "m");
         assert!(f.missing_finish().is_none(), "once");
+    }
+
+    #[test]
+    fn only_the_choices_that_called_tools_finish_with_tool_calls() {
+        let mut f = StreamFixer::new("r");
+        f.chunk(Bytes::from_static(
+            br#"{"object":"chat.completion.chunk","id":"c","model":"m","choices":[{"index":1,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":""}}]},"finish_reason":null},{"index":0,"delta":{"content":"hi","tool_calls":[]},"finish_reason":null}]}"#,
+        ));
+        let fixed = f.chunk(Bytes::from_static(
+            br#"{"object":"chat.completion.chunk","id":"c","model":"m","choices":[{"index":0,"delta":{},"finish_reason":"stop"},{"index":1,"delta":{},"finish_reason":"stop"}]}"#,
+        ));
+        let v: Value = serde_json::from_slice(&fixed).unwrap();
+        assert_eq!(
+            v["choices"][0]["finish_reason"], "stop",
+            "choice 0 called nothing (an empty list)"
+        );
+        assert_eq!(v["choices"][1]["finish_reason"], "tool_calls");
+        assert!(tools_called(br#"{"tool_calls": [ {"index":0} ]}"#));
+        assert!(!tools_called(br#"{"tool_calls": [ ]}"#));
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct Ask {
     pub temperature: Option<f64>,
     /// OpenAI: the client asked for the usage chunk.
     pub include_usage: bool,
+    /// OpenAI: `stop` came as one string (TGI's Messages API refuses that).
+    pub stop_was_text: bool,
 }
 
 impl Ask {

@@ -22,6 +22,7 @@ pub fn parse(body: &Value) -> Ask {
             )
         },
         stops: strings(body.get("stop")),
+        stop_was_text: body["stop"].is_string(),
         max_tokens: body["max_completion_tokens"].as_u64().or(body["max_tokens"].as_u64()),
         temperature: body["temperature"].as_f64(),
         tools: tool_names(&body["tools"], "/function/name"),
@@ -66,6 +67,16 @@ fn usage() -> Value {
 }
 
 pub fn render(ask: &Ask, a: &Answer) -> Out {
+    let tgi = ask.model == "tgi";
+    if tgi && ask.stop_was_text {
+        return Out::status(
+            422,
+            json!({"error": "Failed to deserialize the JSON body into the target type: stop: invalid type: string, expected a sequence", "error_type": "validation"}),
+        );
+    }
+    if tgi && a.fail_before {
+        return Out::status(429, json!({"error": "Model is overloaded", "error_type": "overloaded"}));
+    }
     if a.fail_before {
         return Out::Json {
             status: 429,
@@ -73,7 +84,6 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
             body: json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
         };
     }
-    let tgi = ask.model == "tgi";
     let id = if tgi { "" } else { "chatcmpl-mock" };
     let call_id = |t: &ToolCall| if tgi { "0".to_owned() } else { t.id.clone() };
     if !ask.stream {
@@ -122,6 +132,15 @@ pub fn render(ask: &Ask, a: &Answer) -> Out {
                 None,
             ));
         }
+    }
+    if a.fail_midway && tgi {
+        // TGI's Messages API: the error names a status, and [DONE] still follows.
+        frames.push(frame(&json!({"error": {"message": "Request failed during generation: Server error: CUDA out of memory", "http_status_code": 424}})));
+        frames.push(Bytes::from_static(b"data:[DONE]\n\n"));
+        return Out::Frames {
+            content_type: "text/event-stream",
+            frames,
+        };
     }
     if a.fail_midway {
         frames.push(frame(
