@@ -94,6 +94,16 @@ impl ApiError {
         .with_code("invalid_api_key")
     }
 
+    /// The admin API needs an admin key (`auth.admin_keys`); without any configured it is off.
+    pub fn invalid_admin_key() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            ErrorKind::Authentication,
+            "The admin API needs an admin key (auth.admin_keys); it is off when none is configured.",
+        )
+        .with_code("invalid_admin_key")
+    }
+
     pub fn model_not_found(model: &str) -> Self {
         ApiError::new(
             StatusCode::NOT_FOUND,

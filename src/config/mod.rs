@@ -25,11 +25,17 @@ use schema::{FileConfig, HttpFields, ProviderSection, TimeoutSection};
 pub struct Config {
     pub server: ServerSettings,
     pub auth_keys: Vec<Secret>,
+    pub admin_keys: Vec<Secret>,
     /// `auth.open`: serving without keys was chosen on purpose.
     pub auth_open: bool,
     pub logging: schema::LoggingSection,
     pub providers: Vec<ProviderSpec>,
     pub models: Vec<ModelSpec>,
+    pub routing: schema::RoutingSection,
+    /// The text of `routing.catalog`, read at load.
+    pub catalog_text: Option<String>,
+    /// Validated: names unique, targets and weights name configured models.
+    pub routes: Vec<schema::RouteSection>,
 }
 
 #[derive(Debug, Clone)]
@@ -141,6 +147,8 @@ pub struct ModelSpec {
     pub provider: String,
     pub upstream_model: String,
     pub aliases: Vec<String>,
+    /// The catalog id describing this model.
+    pub catalog: String,
 }
 
 impl Config {
@@ -352,6 +360,22 @@ impl Validator<'_> {
                 _ => {}
             }
         }
+        let mut admin_keys = Vec::new();
+        for (i, key) in raw.auth.admin_keys.iter().enumerate() {
+            let line = locate::section(self.text, "auth");
+            match self.secret(key, line, &format!("auth.admin_keys[{i}]")) {
+                Some(KeyState::Set(s)) => admin_keys.push(s),
+                Some(KeyState::Missing(vars)) => self.error(
+                    line,
+                    format!("auth.admin_keys[{i}]"),
+                    format!(
+                        "environment variable {} is not set (use ${{VAR:-}} to make it optional)",
+                        vars.join(", ")
+                    ),
+                ),
+                _ => {}
+            }
+        }
         let mut providers = Vec::new();
         for (name, section) in &raw.providers {
             if let Some(spec) = self.provider(name, section) {
@@ -375,14 +399,19 @@ impl Validator<'_> {
                 format!("`{level}` is not a log filter: {e}"),
             );
         }
+        let catalog_text = self.routing(&raw);
         if self.errors.is_empty() {
             Ok(Config {
                 server: server.expect("no errors"),
                 auth_keys,
+                admin_keys,
                 auth_open: raw.auth.open,
                 logging: raw.logging,
                 providers,
                 models,
+                routing: raw.routing,
+                catalog_text,
+                routes: raw.routes,
             })
         } else {
             Err(self.errors)
@@ -646,6 +675,109 @@ impl Validator<'_> {
         }
     }
 
+    /// Checks `routing` and `routes`; answers the operator's catalog text.
+    fn routing(&mut self, raw: &FileConfig) -> Option<String> {
+        use crate::routing::classify::Domain;
+        let section = locate::section(self.text, "routing");
+        let b = &raw.routing.breaker;
+        if b.failures == 0 || !(1..=64).contains(&b.window) || !(b.error_rate > 0.0 && b.error_rate <= 1.0) {
+            self.error(
+                section,
+                "routing.breaker".into(),
+                "needs failures ≥ 1, window between 1 and 64, and error_rate in (0, 1]",
+            );
+        }
+        let catalog_text = raw.routing.catalog.as_ref().and_then(|path| {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| self.error(section, "routing.catalog".into(), format!("cannot read `{path}`: {e}")))
+                .ok()?;
+            crate::routing::catalog::Catalog::load(Some(&text))
+                .map_err(|e| self.error(section, "routing.catalog".into(), format!("`{path}`: {e}")))
+                .ok()?;
+            Some(text)
+        });
+        let mut known: std::collections::HashSet<&str> = std::collections::HashSet::new();
+        for m in &raw.models {
+            known.insert(&m.name);
+            known.extend(m.aliases.iter().map(String::as_str));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, r) in raw.routes.iter().enumerate() {
+            let at = |key: &str| locate::list_item_key(self.text, "routes", i, key);
+            let path = |key: &str| format!("routes[{i}].{key}");
+            if r.name.trim().is_empty() || !names.insert(r.name.as_str()) {
+                self.error(at("name"), path("name"), "must be a name no other route has");
+            }
+            for t in &r.targets {
+                if !known.contains(t.as_str()) {
+                    self.error(
+                        at("targets"),
+                        path("targets"),
+                        format!("`{t}` is not a configured model"),
+                    );
+                }
+            }
+            for w in r.weights.keys() {
+                if !r.targets.contains(w) {
+                    self.error(
+                        at("weights"),
+                        path("weights"),
+                        format!("`{w}` is not one of the route's targets"),
+                    );
+                }
+            }
+            for m in &r.when.model.0 {
+                if let Some(domain) = m.strip_prefix("auto:")
+                    && Domain::parse(domain).is_none()
+                {
+                    self.error(
+                        at("match"),
+                        path("match.model"),
+                        format!("`{domain}` is not a domain (code, math, general)"),
+                    );
+                }
+                if (m == "auto" || m.starts_with("auto:")) && r.targets.is_empty() {
+                    self.error(
+                        at("targets"),
+                        path("targets"),
+                        "a route for `auto` must list its targets",
+                    );
+                }
+            }
+            for d in &r.when.domain.0 {
+                if Domain::parse(d).is_none() {
+                    self.error(
+                        at("match"),
+                        path("match.domain"),
+                        format!("`{d}` is not a domain (code, math, general)"),
+                    );
+                }
+            }
+            for e in &r.when.endpoint.0 {
+                if !matches!(e.as_str(), "chat" | "completions" | "embeddings") {
+                    self.error(
+                        at("match"),
+                        path("match.endpoint"),
+                        format!("`{e}` is not chat, completions or embeddings"),
+                    );
+                }
+            }
+            for h in r.when.headers.keys() {
+                if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                    self.error(
+                        at("match"),
+                        path("match.headers"),
+                        format!("`{h}` is not a header name"),
+                    );
+                }
+            }
+            if r.retry.attempts == Some(0) {
+                self.error(at("retry"), path("retry.attempts"), "must be at least 1");
+            }
+        }
+        catalog_text
+    }
+
     fn models(&mut self, raw: &FileConfig) -> Vec<ModelSpec> {
         let mut names = std::collections::HashSet::new();
         let mut out = Vec::new();
@@ -676,6 +808,11 @@ impl Validator<'_> {
                 provider: m.provider.clone(),
                 upstream_model: m.upstream_model.clone().unwrap_or_else(|| m.name.clone()),
                 aliases: m.aliases.clone(),
+                catalog: m
+                    .catalog
+                    .clone()
+                    .or_else(|| m.upstream_model.clone())
+                    .unwrap_or_else(|| m.name.clone()),
             });
         }
         out
@@ -745,6 +882,27 @@ models:
         let expected = text.lines().position(|l| l.contains("antropic")).unwrap() + 1;
         assert_eq!(errs[0].line, Some(expected));
         assert!(errs[0].message.contains("antropic"));
+    }
+
+    #[test]
+    fn route_mistakes_are_all_reported_with_their_paths() {
+        let text = format!(
+            "{GOOD}routes:\n  - {{ name: a, match: {{ model: auto:poetry, domain: legal }}, targets: [gpt-9], weights: {{ other: 2 }} }}\n  - {{ name: a, match: {{ model: auto, endpoint: images }}, retry: {{ attempts: 0 }} }}\n"
+        );
+        let errs = parse(&text, &env).unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "routes[0].targets",
+            "routes[0].weights",
+            "routes[0].match.model",
+            "routes[0].match.domain",
+            "routes[1].name",
+            "routes[1].targets",
+            "routes[1].match.endpoint",
+            "routes[1].retry.attempts",
+        ] {
+            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+        }
     }
 
     #[test]

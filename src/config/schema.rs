@@ -20,6 +20,207 @@ pub struct FileConfig {
     pub providers: BTreeMap<String, ProviderSection>,
     #[serde(default)]
     pub models: Vec<ModelSection>,
+    #[serde(default)]
+    pub routing: RoutingSection,
+    /// Policy routes, first match wins.
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OneOrMany(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(OneOrMany(match Either::deserialize(d)? {
+            Either::One(s) => vec![s],
+            Either::Many(v) => v,
+        }))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoutingSection {
+    /// Seeds the random choices (`weighted`, `lowest-latency`), for reproducible tests.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// A catalog file (the format of config/catalog.yaml) whose entries replace the built-in ones.
+    #[serde(default)]
+    pub catalog: Option<String>,
+    #[serde(default)]
+    pub breaker: BreakerSection,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    /// Consecutive failures that open a backend's circuit.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// Or this share of failures among the last `window` requests.
+    #[serde(default = "default_breaker_error_rate")]
+    pub error_rate: f64,
+    #[serde(default = "default_breaker_window")]
+    pub window: u32,
+    /// How long an open circuit waits before one probe request.
+    #[serde(default = "default_breaker_cooldown")]
+    pub cooldown: Dur,
+}
+
+impl Default for BreakerSection {
+    fn default() -> Self {
+        BreakerSection {
+            failures: default_breaker_failures(),
+            error_rate: default_breaker_error_rate(),
+            window: default_breaker_window(),
+            cooldown: default_breaker_cooldown(),
+        }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_error_rate() -> f64 {
+    0.5
+}
+fn default_breaker_window() -> u32 {
+    20
+}
+fn default_breaker_cooldown() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    pub name: String,
+    /// What a request must have for this route; every condition given must hold.
+    #[serde(default, rename = "match")]
+    pub when: MatchSection,
+    /// Configured model names; none = the model the client asked for.
+    #[serde(default)]
+    pub targets: Vec<String>,
+    #[serde(default)]
+    pub strategy: StrategyName,
+    /// `weighted`: target → weight (default 1).
+    #[serde(default)]
+    pub weights: BTreeMap<String, u32>,
+    #[serde(default)]
+    pub objective: ObjectiveSection,
+    /// Only self-hosted backends (data that must not leave).
+    #[serde(default)]
+    pub local_only: bool,
+    #[serde(default)]
+    pub retry: RetrySection,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StrategyName {
+    #[default]
+    Priority,
+    Weighted,
+    LowestLatency,
+    LowestCost,
+    BestScore,
+}
+
+impl StrategyName {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StrategyName::Priority => "priority",
+            StrategyName::Weighted => "weighted",
+            StrategyName::LowestLatency => "lowest-latency",
+            StrategyName::LowestCost => "lowest-cost",
+            StrategyName::BestScore => "best-score",
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchSection {
+    /// Requested model names, aliases, globs (`gpt-4o*`), `auto` or `auto:<domain>`.
+    #[serde(default)]
+    pub model: OneOrMany,
+    /// `chat`, `completions`, `embeddings`.
+    #[serde(default)]
+    pub endpoint: OneOrMany,
+    /// Header name → value (`*`: present with any value).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The request's `user`, a glob.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The request's `metadata` key → value.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+    #[serde(default)]
+    pub tools: Option<bool>,
+    #[serde(default)]
+    pub images: Option<bool>,
+    #[serde(default)]
+    pub json_mode: Option<bool>,
+    /// Estimated prompt tokens, inclusive bounds.
+    #[serde(default)]
+    pub min_input_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_input_tokens: Option<u64>,
+    /// The classified domain (`code`, `math`, `general`), or the `x-tollgate-domain` header.
+    #[serde(default)]
+    pub domain: OneOrMany,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectiveSection {
+    /// The catalog benchmark to rank by; default by domain (code: humaneval, math: math, general: mmlu).
+    #[serde(default)]
+    pub score: Option<String>,
+    /// USD, the request's expected cost.
+    #[serde(default)]
+    pub max_cost_per_request: Option<f64>,
+    #[serde(default)]
+    pub max_p95_latency: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Backends tried at most, the first included; default: every candidate, up to 3.
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    /// Extra tries on the same backend before moving on.
+    #[serde(default)]
+    pub same_backend: u32,
+    /// Wait before a retry on the same backend (doubling).
+    #[serde(default = "default_backoff")]
+    pub backoff: Dur,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        RetrySection {
+            attempts: None,
+            same_backend: 0,
+            backoff: default_backoff(),
+        }
+    }
+}
+
+fn default_backoff() -> Dur {
+    Dur(std::time::Duration::from_millis(100))
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +296,9 @@ pub struct AuthSection {
     /// Allow serving without keys on a non-loopback address while provider keys are set.
     #[serde(default)]
     pub open: bool,
+    /// Keys for the admin API (`/v1/route/explain`); none = the admin API is off.
+    #[serde(default)]
+    pub admin_keys: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -418,4 +622,7 @@ pub struct ModelSection {
     /// Other names clients may use for this model.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The catalog entry describing it; default: `upstream_model`, then `name`.
+    #[serde(default)]
+    pub catalog: Option<String>,
 }

@@ -61,6 +61,37 @@ impl UpstreamError {
         }
     }
 
+    /// Whether another backend (or the same one, later) may answer where this
+    /// one failed: the upstream's trouble, not the request's. A client's
+    /// mistake (400, 404, 413, 422...) would fail anywhere.
+    pub fn retryable(&self) -> bool {
+        match self {
+            UpstreamError::Status { error } => {
+                error.status.is_server_error()
+                    || matches!(error.status.as_u16(), 408 | 409 | 429)
+                    || error.code.as_deref() == Some("upstream_auth_failed")
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether the failure counts against the backend's health (its circuit
+    /// breaker): a rate limit or a missing key says nothing about whether it works.
+    pub fn is_backend_fault(&self) -> bool {
+        matches!(
+            self.kind(),
+            "connect" | "timeout" | "dropped" | "protocol" | "auth" | "status_5xx"
+        )
+    }
+
+    /// How long the upstream asked to be left alone (`Retry-After`).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            UpstreamError::Status { error } => error.retry_after.map(std::time::Duration::from_secs),
+            _ => None,
+        }
+    }
+
     /// The error the client sees. Messages name the provider and what went
     /// wrong, never an address, a certificate name, an OS error or a key: the
     /// detail goes to the log (`Display`), not to the client.

@@ -1,21 +1,46 @@
-//! Which backend serves a request. For now a static table from model names
-//! and aliases to providers, plus the models discovered on providers that
-//! list their own; the policy router replaces it behind the same
-//! `ModelResolver` interface.
+//! Which backend serves a request, and why.
+//!
+//! The operator's routes (first match wins) pick the candidates; filters drop
+//! those that cannot take the request (context window, capabilities, data
+//! that must stay local, an open circuit, a `Retry-After` cooldown); the
+//! route's strategy orders the rest. The handler tries them in that order.
+//! A request no route matches goes to the model it names. Every decision can
+//! be explained (`POST /v1/route/explain`) without calling an upstream.
+
+pub mod catalog;
+pub mod classify;
+mod features;
+mod glob;
+pub mod health;
+mod route;
+mod strategy;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
-use http::HeaderValue;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::time::Instant;
 
-use crate::api::ApiError;
+use crate::api::{ApiError, ErrorKind};
 use crate::config::Config;
+use crate::config::schema::StrategyName;
 use crate::metering::{Endpoint, Labels, Metrics, Series};
 use crate::providers::{self, Provider};
+use catalog::{Capability, Catalog, Hosting, ModelInfo};
+use classify::Domain;
+pub use features::Features;
+use health::{BreakerSettings, Health};
+use route::{LazyDomain, Objective, Retry, Route};
 
-/// A configured model on its provider.
+/// Output tokens assumed for a request's expected cost when it sets no `max_tokens`.
+const DEFAULT_OUTPUT_TOKENS: u64 = 256;
+/// Busy time assumed for a self-hosted model not measured yet.
+const DEFAULT_BUSY_SECS: f64 = 2.0;
+/// The route name of requests no configured route matched.
+pub const DIRECT: &str = "direct";
+
+/// A configured (or discovered) model on its provider.
 pub struct Backend {
     /// The configured model name (a metric label, and what `/v1/models` lists).
     pub model: Arc<str>,
@@ -26,37 +51,11 @@ pub struct Backend {
     pub header: HeaderValue,
     /// Metric series per endpoint, indexed by `Endpoint as usize`.
     pub series: [Arc<Series>; 3],
-}
-
-#[async_trait]
-pub trait ModelResolver: Send + Sync {
-    /// The backend for the `model` a client asked for.
-    fn resolve(&self, requested: &str) -> Result<Arc<Backend>, ApiError>;
-    /// Every name a client may send (models, aliases, discovered models), with the provider that owns it.
-    fn listed(&self) -> Vec<(Arc<str>, Arc<str>)>;
-    /// Asks the providers that discover their models for the current list.
-    async fn refresh(&self) {}
-    /// Whether [`refresh`](Self::refresh) has anything to do.
-    fn discovers(&self) -> bool {
-        false
-    }
-}
-
-/// A provider whose models are discovered at run time.
-struct Discoverer {
-    name: Arc<str>,
-    provider: Arc<dyn Provider>,
-}
-
-/// The configured models, and those discovered on their providers.
-pub struct StaticResolver {
-    backends: Vec<Arc<Backend>>,
-    by_name: HashMap<String, usize>,
-    listed: Vec<(Arc<str>, usize)>,
-    discoverers: Vec<Discoverer>,
-    /// Discovered model name → backend, swapped whole on each refresh.
-    discovered: ArcSwap<Vec<Arc<Backend>>>,
-    metrics: Arc<Metrics>,
+    /// What the catalog says of it, if it knows the model.
+    pub info: Option<ModelInfo>,
+    pub health: Arc<Health>,
+    /// The provider's key variable is unset: routes skip it rather than fail on it.
+    pub missing_key: bool,
 }
 
 fn backend(
@@ -64,6 +63,7 @@ fn backend(
     upstream_model: &str,
     provider_name: &str,
     provider: Arc<dyn Provider>,
+    info: Option<ModelInfo>,
     metrics: &Metrics,
 ) -> Backend {
     Backend {
@@ -81,37 +81,145 @@ fn backend(
             };
             Arc::new(metrics.series(labels))
         }),
+        info,
+        health: Arc::new(Health::default()),
+        missing_key: false,
     }
 }
 
-impl StaticResolver {
+/// A backend the decision kept, with what the strategy weighed.
+#[derive(Clone)]
+pub struct Candidate {
+    pub backend: Arc<Backend>,
+    /// Its place among the route's targets (for weights).
+    position: usize,
+    /// USD, from the catalog's prices and the request's estimated tokens.
+    pub expected_cost: Option<f64>,
+    pub expected_latency_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub in_flight: u32,
+    /// `best-score`: the benchmark score, and whether it is within the route's limits.
+    pub score: Option<f64>,
+    pub qualifies: bool,
+}
+
+/// A target the filters dropped, and why.
+#[derive(Debug, Clone)]
+pub struct Dropped {
+    pub model: Arc<str>,
+    pub reason: String,
+}
+
+pub struct Decision {
+    pub route: Arc<str>,
+    pub strategy: StrategyName,
+    pub domain: Option<Domain>,
+    pub candidates: Vec<Candidate>,
+    pub dropped: Vec<Dropped>,
+    pub retry: Retry,
+    pub objective: Objective,
+    /// Whether `Retry-After` cooldowns skip a backend: only with somewhere else to go.
+    pub honour_cooldown: bool,
+}
+
+impl Decision {
+    /// Backends tried at most.
+    /// The error when the filters left nothing to try.
+    pub fn nothing_left(&self) -> Option<ApiError> {
+        if !self.candidates.is_empty() {
+            return None;
+        }
+        let reasons: Vec<String> = self
+            .dropped
+            .iter()
+            .map(|d| format!("{}: {}", d.model, d.reason))
+            .collect();
+        Some(
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorKind::Server,
+                format!(
+                    "route `{}` has no backend that can take this request ({})",
+                    self.route,
+                    reasons.join("; ")
+                ),
+            )
+            .with_code("no_backend_available"),
+        )
+    }
+
+    /// The benchmark `best-score` ranked by.
+    pub fn benchmark(&self) -> Option<&str> {
+        (self.strategy == StrategyName::BestScore).then(|| {
+            self.objective
+                .score
+                .as_deref()
+                .unwrap_or(strategy::default_benchmark(self.domain.unwrap_or(Domain::General)))
+        })
+    }
+
+    pub fn attempts(&self) -> usize {
+        let default = self.candidates.len().min(3);
+        self.retry
+            .attempts
+            .map_or(default, |a| a as usize)
+            .min(self.candidates.len())
+            .max(1)
+    }
+}
+
+/// A provider whose models are discovered at run time.
+struct Discoverer {
+    name: Arc<str>,
+    provider: Arc<dyn Provider>,
+}
+
+pub struct Router {
+    backends: Vec<Arc<Backend>>,
+    by_name: HashMap<String, usize>,
+    listed: Vec<(Arc<str>, usize)>,
+    routes: Vec<Route>,
+    catalog: Catalog,
+    pub breaker: BreakerSettings,
+    rng: Mutex<fastrand::Rng>,
+    discoverers: Vec<Discoverer>,
+    /// Discovered models, swapped whole on each refresh.
+    discovered: ArcSwap<Vec<Arc<Backend>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Router {
     pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Self {
         let providers: HashMap<&str, Arc<dyn Provider>> = config
             .providers
             .iter()
             .map(|p| (p.name.as_str(), providers::build(p)))
             .collect();
+        // Validated at load: the built-in catalog parses, and so does the operator's.
+        let catalog = Catalog::load(config.catalog_text.as_deref()).unwrap_or_default();
+        let without_keys: Vec<&str> = config.providers_without_keys().into_iter().map(|(p, _)| p).collect();
         let mut backends = Vec::new();
         let mut by_name = HashMap::new();
         let mut listed = Vec::new();
         for m in &config.models {
-            // Validation guarantees the provider exists.
             let Some(provider) = providers.get(m.provider.as_str()) else {
                 continue;
             };
             let index = backends.len();
-            backends.push(Arc::new(backend(
-                &m.name,
-                &m.upstream_model,
-                &m.provider,
-                provider.clone(),
-                metrics,
-            )));
+            let info = catalog.get(&m.catalog).or_else(|| catalog.get(&m.name)).cloned();
+            let mut b = backend(&m.name, &m.upstream_model, &m.provider, provider.clone(), info, metrics);
+            b.missing_key = without_keys.contains(&m.provider.as_str());
+            backends.push(Arc::new(b));
             for name in std::iter::once(&m.name).chain(&m.aliases) {
                 by_name.insert(name.clone(), index);
                 listed.push((Arc::from(name.as_str()), index));
             }
         }
+        let routes = config
+            .routes
+            .iter()
+            .map(|r| Route::compile(r, |name| by_name.get(name).map(|&i| backends[i].clone())))
+            .collect();
         let discoverers = config
             .providers
             .iter()
@@ -123,20 +231,33 @@ impl StaticResolver {
                 })
             })
             .collect();
-        StaticResolver {
+        let b = &config.routing.breaker;
+        Router {
             backends,
             by_name,
             listed,
+            routes,
+            catalog,
+            breaker: BreakerSettings {
+                failures: b.failures,
+                error_rate: b.error_rate,
+                window: b.window,
+                cooldown: b.cooldown.0,
+            },
+            rng: Mutex::new(
+                config
+                    .routing
+                    .seed
+                    .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
+            ),
             discoverers,
             discovered: ArcSwap::from_pointee(Vec::new()),
             metrics: metrics.clone(),
         }
     }
-}
 
-#[async_trait]
-impl ModelResolver for StaticResolver {
-    fn resolve(&self, requested: &str) -> Result<Arc<Backend>, ApiError> {
+    /// The backend of a model name: configured (name or alias) or discovered.
+    pub fn resolve(&self, requested: &str) -> Result<Arc<Backend>, ApiError> {
         if let Some(&i) = self.by_name.get(requested) {
             return Ok(self.backends[i].clone());
         }
@@ -148,7 +269,8 @@ impl ModelResolver for StaticResolver {
             .ok_or_else(|| ApiError::model_not_found(requested))
     }
 
-    fn listed(&self) -> Vec<(Arc<str>, Arc<str>)> {
+    /// Every name a client may send (models, aliases, discovered models), with the provider that owns it.
+    pub fn listed(&self) -> Vec<(Arc<str>, Arc<str>)> {
         let configured = self
             .listed
             .iter()
@@ -158,14 +280,84 @@ impl ModelResolver for StaticResolver {
         configured.chain(discovered).collect()
     }
 
-    fn discovers(&self) -> bool {
+    /// Chooses, filters and orders the backends for a request.
+    pub fn decide(&self, f: &Features<'_>, headers: &HeaderMap, now: Instant) -> Result<Decision, ApiError> {
+        let mut domain = LazyDomain::new(f.last_user_text, headers);
+        let route = self.routes.iter().find(|r| r.matcher.matches(f, headers, &mut domain));
+        let routed = route.is_some();
+        let (name, strategy, targets, weights, objective, local_only, retry) = match route {
+            Some(r) if !r.targets.is_empty() => (
+                r.name.clone(),
+                r.strategy,
+                r.targets.clone(),
+                r.weights.as_slice(),
+                &r.objective,
+                r.local_only,
+                r.retry,
+            ),
+            // A route without targets applies its rules to the model asked for.
+            Some(r) => (
+                r.name.clone(),
+                r.strategy,
+                vec![self.resolve(f.model)?],
+                &[][..],
+                &r.objective,
+                r.local_only,
+                r.retry,
+            ),
+            None => (
+                Arc::from(DIRECT),
+                StrategyName::Priority,
+                vec![self.resolve(f.model)?],
+                &[][..],
+                &NO_OBJECTIVE,
+                false,
+                NO_RETRY,
+            ),
+        };
+        let several = targets.len() > 1;
+        let mut candidates = Vec::with_capacity(targets.len());
+        let mut dropped = Vec::new();
+        for (position, b) in targets.into_iter().enumerate() {
+            let why = if routed {
+                unfit(&b, f, local_only, now, several)
+            } else {
+                // The model asked for by name is tried as it is, unless its circuit is open.
+                b.health.check(now, false).err().map(|u| u.to_string())
+            };
+            match why {
+                Some(reason) => dropped.push(Dropped {
+                    model: b.model.clone(),
+                    reason,
+                }),
+                None => candidates.push(candidate(b, position, f)),
+            }
+        }
+        let needs_domain = strategy == StrategyName::BestScore;
+        let d = if needs_domain { domain.get() } else { Domain::General };
+        strategy::order(strategy, &mut candidates, weights, objective, d, &self.rng);
+        Ok(Decision {
+            route: name,
+            strategy,
+            domain: domain.known(),
+            candidates,
+            dropped,
+            retry,
+            objective: objective.clone(),
+            honour_cooldown: several,
+        })
+    }
+
+    /// Whether `refresh` has anything to do.
+    pub fn discovers(&self) -> bool {
         !self.discoverers.is_empty()
     }
 
-    /// A provider that cannot be asked keeps the models it had: a local
-    /// server restarting does not empty `/v1/models`. Configured names win
-    /// over discovered ones; a backend already known keeps its metric series.
-    async fn refresh(&self) {
+    /// Asks the providers that discover their models for the current list. A
+    /// provider that cannot be asked keeps the models it had: a local server
+    /// restarting does not empty `/v1/models`. Configured names win over
+    /// discovered ones; a backend already known keeps its series and health.
+    pub async fn refresh(&self) {
         let old = self.discovered.load_full();
         let mut next: Vec<Arc<Backend>> = Vec::new();
         for d in &self.discoverers {
@@ -177,7 +369,8 @@ impl ModelResolver for StaticResolver {
                         }
                         let known = old.iter().find(|b| *b.model == *name && b.provider_name == d.name);
                         next.push(known.cloned().unwrap_or_else(|| {
-                            Arc::new(backend(&name, &name, &d.name, d.provider.clone(), &self.metrics))
+                            let info = self.catalog.get(&name).cloned();
+                            Arc::new(backend(&name, &name, &d.name, d.provider.clone(), info, &self.metrics))
                         }));
                     }
                 }
@@ -189,4 +382,80 @@ impl ModelResolver for StaticResolver {
         }
         self.discovered.store(Arc::new(next));
     }
+}
+
+const NO_OBJECTIVE: Objective = Objective {
+    score: None,
+    max_cost: None,
+    max_p95: None,
+};
+
+/// Requests no route matched: one try.
+const NO_RETRY: Retry = Retry {
+    attempts: Some(1),
+    same_backend: 0,
+    backoff: std::time::Duration::from_millis(100),
+};
+
+/// Why a backend cannot take this request, if it cannot. What the catalog
+/// does not know is not held against a model.
+fn unfit(b: &Backend, f: &Features<'_>, local_only: bool, now: Instant, cooldown: bool) -> Option<String> {
+    if let Some(info) = &b.info {
+        let needed = f.input_tokens + f.max_tokens.unwrap_or(0);
+        if let Some(window) = info.context_window.filter(|w| needed > *w) {
+            return Some(format!(
+                "context window {window} tokens < about {needed} needed (prompt and max_tokens)"
+            ));
+        }
+        let has_caps = !info.capabilities.is_empty();
+        for (wanted, cap, name) in [
+            (f.tools, Capability::Tools, "tools"),
+            (f.images, Capability::Vision, "images"),
+            (f.json_mode, Capability::Json, "JSON mode"),
+        ] {
+            if wanted && has_caps && !info.can(cap) {
+                return Some(format!("cannot take {name}"));
+            }
+        }
+    }
+    if b.missing_key {
+        return Some(format!(
+            "provider `{}` has no API key in the environment",
+            b.provider_name
+        ));
+    }
+    if local_only && b.info.as_ref().is_none_or(|i| i.hosting != Hosting::SelfHosted) {
+        return Some("not self-hosted, and the route keeps data local".into());
+    }
+    b.health.check(now, cooldown).err().map(|u| u.to_string())
+}
+
+fn candidate(backend: Arc<Backend>, position: usize, f: &Features<'_>) -> Candidate {
+    let latency = backend.health.latency_ms();
+    Candidate {
+        expected_cost: expected_cost(backend.info.as_ref(), f, latency),
+        expected_latency_ms: latency,
+        p95_ms: backend.health.p95_ms(),
+        in_flight: backend.health.in_flight(),
+        score: None,
+        qualifies: false,
+        position,
+        backend,
+    }
+}
+
+/// The request's expected cost in USD: its estimated prompt and its
+/// `max_tokens` (or a typical answer) at the catalog's prices; a self-hosted
+/// model's hourly cost spread over the request's expected busy time.
+fn expected_cost(info: Option<&ModelInfo>, f: &Features<'_>, latency_ms: Option<f64>) -> Option<f64> {
+    let info = info?;
+    if let Some(p) = info.price {
+        let output = f.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS) as f64;
+        return Some((f.input_tokens as f64 * p.input + output * p.output) / 1e6);
+    }
+    if let Some(hourly) = info.hourly_cost {
+        let busy = latency_ms.map_or(DEFAULT_BUSY_SECS, |ms| ms / 1000.0);
+        return Some(hourly / 3600.0 * busy);
+    }
+    (info.hosting == Hosting::SelfHosted).then_some(0.0)
 }

@@ -24,12 +24,15 @@ use crate::api::error::from_json_error;
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, Invalid};
 use crate::metering::Endpoint;
 use crate::providers::{Call, Provider, Reply, UpstreamError};
+use crate::routing::{Backend, Features};
 
 /// A request type the proxy path can serve.
-pub trait ProxyRequest: DeserializeOwned + Send + 'static {
+pub trait ProxyRequest: DeserializeOwned + Clone + Send + 'static {
     /// The metric label of the endpoint.
     const ENDPOINT: Endpoint;
     fn model(&self) -> &str;
+    /// What the router reads.
+    fn features(&self) -> Features<'_>;
     fn validate(&self) -> Result<(), Invalid>;
     fn is_stream(&self) -> bool;
     fn wants_stream_usage(&self) -> bool;
@@ -40,6 +43,9 @@ impl ProxyRequest for ChatRequest {
     const ENDPOINT: Endpoint = Endpoint::Chat;
     fn model(&self) -> &str {
         &self.model
+    }
+    fn features(&self) -> Features<'_> {
+        Features::chat(self)
     }
     fn validate(&self) -> Result<(), Invalid> {
         ChatRequest::validate(self)
@@ -60,6 +66,9 @@ impl ProxyRequest for CompletionRequest {
     fn model(&self) -> &str {
         &self.model
     }
+    fn features(&self) -> Features<'_> {
+        Features::completion(self)
+    }
     fn validate(&self) -> Result<(), Invalid> {
         CompletionRequest::validate(self)
     }
@@ -78,6 +87,9 @@ impl ProxyRequest for EmbeddingsRequest {
     const ENDPOINT: Endpoint = Endpoint::Embeddings;
     fn model(&self) -> &str {
         &self.model
+    }
+    fn features(&self) -> Features<'_> {
+        Features::embeddings(self)
     }
     fn validate(&self) -> Result<(), Invalid> {
         EmbeddingsRequest::validate(self)
@@ -130,98 +142,224 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 .with_param(param)
                 .with_code("invalid_value")
         })?;
-        let backend = gw.resolver.resolve(parsed.model())?;
-        Ok::<_, ApiError>((parsed, backend, bytes.len()))
+        let decision = gw.router.decide(&parsed.features(), &parts.headers, Instant::now())?;
+        if let Some(err) = decision.nothing_left() {
+            return Err(err);
+        }
+        Ok::<_, ApiError>((parsed, decision, bytes.len()))
     };
-    let (parsed, backend, body_size) = match prepared.await {
+    let (parsed, decision, body_size) = match prepared.await {
         Ok(ready) => ready,
         Err(err) => {
             meter.finish(err.status.as_u16());
             return respond::error(&err);
         }
     };
-    meter.resolved(&backend);
-    let fail = |meter: &mut RequestMeter, err: &UpstreamError| {
-        meter.upstream_error(err.kind());
-        let api = err.to_api_error();
-        meter.finish(api.status.as_u16());
-        tracing::warn!(%request_id, model = %backend.model, provider = %backend.provider_name, error = %err, "upstream failed");
-        respond::error(&api)
-    };
-    let timed_out = |meter: &mut RequestMeter| {
-        meter.upstream_error("timeout");
-        meter.finish(504);
-        respond::error(&ApiError::request_timeout())
-    };
-
+    let route_header = HeaderValue::from_str(&decision.route).unwrap_or(HeaderValue::from_static("-"));
     let stream = parsed.is_stream();
     let forward_usage = parsed.wants_stream_usage();
     // `send` consumes the request: keep the name the client asked for.
     let requested = parsed.model().to_owned();
-    let call = Call {
-        request_id: &request_header,
-        body_size,
-        upstream_model: &backend.upstream_model,
-        requested_model: &requested,
-    };
-    let reply = match timeout_at(deadline, parsed.send(&*backend.provider, call)).await {
-        Err(_) => return timed_out(&mut meter),
-        Ok(Err(err)) => return fail(&mut meter, &err),
-        Ok(Ok(reply)) => reply,
-    };
-    match reply {
-        Reply::Complete { body, usage } => {
-            meter.finish(200);
-            let estimated = usage.is_some_and(|u| u.estimated);
-            if let Some(u) = usage {
-                meter.usage(u);
-            }
-            let mut resp = respond::json(StatusCode::OK, body);
-            resp.headers_mut().insert("x-tollgate-backend", backend.header.clone());
-            if estimated {
-                // The upstream reported no usage: the counts in the body are tollgate's estimate.
-                resp.headers_mut()
-                    .insert("x-tollgate-usage", HeaderValue::from_static("estimated"));
-            }
-            resp
-        }
-        Reply::Stream(mut events) if stream => {
-            // Wait for the first event before answering, so a failure before
-            // any data is an ordinary HTTP error the client (and later a
-            // fallback) can act on.
-            let first = match timeout_at(deadline, events.next()).await {
-                Err(_) => return timed_out(&mut meter),
-                Ok(Some(Err(err))) => return fail(&mut meter, &err),
-                Ok(None) => {
-                    let err = UpstreamError::Dropped {
-                        provider: backend.provider_name.to_string(),
-                        detail: "the stream ended before any data".into(),
-                    };
-                    return fail(&mut meter, &err);
+    let attempts = decision.attempts();
+    let retry = decision.retry;
+    let mut parsed = Some(parsed);
+    let mut tries: u32 = 0;
+    let mut last_failure: Option<(UpstreamError, Arc<Backend>)> = None;
+    let mut skipped: Vec<String> = Vec::new();
+
+    'backends: for (i, candidate) in decision.candidates.iter().take(attempts).enumerate() {
+        let backend = &candidate.backend;
+        for again in 0..=retry.same_backend {
+            if again > 0 {
+                let wait = retry.backoff.saturating_mul(1 << (again - 1).min(10));
+                if Instant::now() + wait >= deadline {
+                    break 'backends;
                 }
-                Ok(Some(Ok(first))) => first,
+                tokio::time::sleep(wait).await;
+            }
+            if let Err(why) = backend.health.admit(Instant::now(), decision.honour_cooldown) {
+                skipped.push(format!("{}: {why}", backend.model));
+                continue 'backends;
+            }
+            tries += 1;
+            meter.resolved(backend);
+            let last = i + 1 == attempts && again == retry.same_backend;
+            let Some(req) = (if last { parsed.take() } else { parsed.clone() }) else {
+                break 'backends;
             };
-            let relay = SseRelay::new(first, events, forward_usage, deadline, meter, request_id);
-            let mut resp = Response::new(Body::new(relay));
-            let h = resp.headers_mut();
-            h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-            h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert("x-tollgate-backend", backend.header.clone());
-            resp
+            let call = Call {
+                request_id: &request_header,
+                body_size,
+                upstream_model: &backend.upstream_model,
+                requested_model: &requested,
+            };
+            let began = Instant::now();
+            let reply = match timeout_at(deadline, req.send(&*backend.provider, call)).await {
+                Err(_) => {
+                    backend.health.release();
+                    return timed_out(&mut meter);
+                }
+                Ok(Ok(reply)) => reply,
+                Ok(Err(err)) => {
+                    if !note_failure(&gw, &mut meter, backend, &err, request_id) {
+                        return failed(&mut meter, &err, &route_header, tries);
+                    }
+                    last_failure = Some((err, backend.clone()));
+                    continue;
+                }
+            };
+            let served = Served {
+                backend: backend.header.clone(),
+                route: route_header.clone(),
+                attempts: tries,
+            };
+            match reply {
+                Reply::Complete { body, usage } => {
+                    backend.health.success(began.elapsed());
+                    meter.finish(200);
+                    let estimated = usage.is_some_and(|u| u.estimated);
+                    if let Some(u) = usage {
+                        meter.usage(u);
+                    }
+                    let mut resp = respond::json(StatusCode::OK, body);
+                    served.stamp(resp.headers_mut());
+                    if estimated {
+                        // The upstream reported no usage: the counts in the body are tollgate's estimate.
+                        resp.headers_mut()
+                            .insert("x-tollgate-usage", HeaderValue::from_static("estimated"));
+                    }
+                    return resp;
+                }
+                Reply::Stream(mut events) if stream => {
+                    // Wait for the first event before answering, so a failure
+                    // before any data is an ordinary HTTP error, and the next
+                    // backend can still be tried.
+                    let first = match timeout_at(deadline, events.next()).await {
+                        Err(_) => {
+                            backend.health.release();
+                            return timed_out(&mut meter);
+                        }
+                        Ok(Some(Ok(first))) => first,
+                        Ok(outcome) => {
+                            let err = match outcome {
+                                Some(Err(err)) => err,
+                                _ => UpstreamError::Dropped {
+                                    provider: backend.provider_name.to_string(),
+                                    detail: "the stream ended before any data".into(),
+                                },
+                            };
+                            if !note_failure(&gw, &mut meter, backend, &err, request_id) {
+                                return failed(&mut meter, &err, &route_header, tries);
+                            }
+                            last_failure = Some((err, backend.clone()));
+                            continue;
+                        }
+                    };
+                    backend.health.success(began.elapsed());
+                    let relay = SseRelay::new(first, events, forward_usage, deadline, meter, request_id);
+                    let mut resp = Response::new(Body::new(relay));
+                    let h = resp.headers_mut();
+                    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+                    served.stamp(h);
+                    return resp;
+                }
+                Reply::Stream(_) => {
+                    let err = UpstreamError::Protocol {
+                        provider: backend.provider_name.to_string(),
+                        detail: "streamed an answer that was not asked for".into(),
+                    };
+                    note_failure(&gw, &mut meter, backend, &err, request_id);
+                    return failed(&mut meter, &err, &route_header, tries);
+                }
+            }
         }
-        Reply::Stream(_) => {
-            let err = UpstreamError::Protocol {
-                provider: backend.provider_name.to_string(),
-                detail: "streamed an answer that was not asked for".into(),
-            };
-            fail(&mut meter, &err)
+    }
+    match last_failure {
+        Some((err, _)) => failed(&mut meter, &err, &route_header, tries),
+        None => {
+            let err = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                crate::api::ErrorKind::Server,
+                format!(
+                    "route `{}` has no backend that can take this request now ({})",
+                    decision.route,
+                    skipped.join("; ")
+                ),
+            )
+            .with_code("no_backend_available");
+            meter.finish(503);
+            let mut resp = respond::error(&err);
+            stamp_route(resp.headers_mut(), &route_header, tries);
+            resp
         }
     }
 }
 
+/// Where an answer came from: `x-tollgate-backend`, `x-tollgate-route`, `x-tollgate-attempts`.
+struct Served {
+    backend: HeaderValue,
+    route: HeaderValue,
+    attempts: u32,
+}
+
+impl Served {
+    fn stamp(&self, h: &mut http::HeaderMap) {
+        h.insert("x-tollgate-backend", self.backend.clone());
+        stamp_route(h, &self.route, self.attempts);
+    }
+}
+
+fn stamp_route(h: &mut http::HeaderMap, route: &HeaderValue, attempts: u32) {
+    h.insert("x-tollgate-route", route.clone());
+    h.insert("x-tollgate-attempts", HeaderValue::from(attempts));
+}
+
+/// Records a failed attempt: metrics, the backend's health, a `Retry-After`
+/// cooldown, the log. Answers whether another attempt may follow.
+fn note_failure(
+    gw: &Gateway,
+    meter: &mut RequestMeter,
+    backend: &Backend,
+    err: &UpstreamError,
+    request_id: &str,
+) -> bool {
+    meter.upstream_error(err.kind());
+    let now = Instant::now();
+    if err.is_backend_fault() {
+        backend.health.failure(now, &gw.router.breaker);
+    } else {
+        backend.health.release();
+    }
+    if let Some(wait) = err.retry_after() {
+        backend.health.cool_down(now, wait);
+    }
+    tracing::warn!(%request_id, model = %backend.model, provider = %backend.provider_name, error = %err, "upstream failed");
+    err.retryable()
+}
+
+fn failed(meter: &mut RequestMeter, err: &UpstreamError, route: &HeaderValue, attempts: u32) -> Response {
+    let api = err.to_api_error();
+    meter.finish(api.status.as_u16());
+    let mut resp = respond::error(&api);
+    stamp_route(resp.headers_mut(), route, attempts);
+    resp
+}
+
+fn timed_out(meter: &mut RequestMeter) -> Response {
+    meter.upstream_error("timeout");
+    meter.finish(504);
+    respond::error(&ApiError::request_timeout())
+}
+
 /// Reads the request body, refusing more than `limit` bytes (413) and a
 /// client that sends it too slowly (408).
-async fn read_body(headers: &http::HeaderMap, body: Body, limit: usize, deadline: Instant) -> Result<Bytes, ApiError> {
+pub(super) async fn read_body(
+    headers: &http::HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline: Instant,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())

@@ -2,6 +2,7 @@
 
 mod admin;
 pub mod auth;
+mod explain;
 mod handlers;
 mod meter;
 pub mod relay;
@@ -52,10 +53,10 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
         });
     };
 
-    let discovery = if gw.resolver.discovers() {
+    let discovery = if gw.router.discovers() {
         // The first list before /ready says yes, so discovered names answer at once;
         // bounded, so an unreachable Ollama does not hold the gateway back.
-        let _ = tokio::time::timeout(FIRST_DISCOVERY, gw.resolver.refresh()).await;
+        let _ = tokio::time::timeout(FIRST_DISCOVERY, gw.router.refresh()).await;
         Some(tokio::spawn(discover_models(gw.clone())))
     } else {
         None
@@ -112,7 +113,7 @@ async fn discover_models(gw: Arc<Gateway>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        gw.resolver.refresh().await;
+        gw.router.refresh().await;
     }
 }
 

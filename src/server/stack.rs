@@ -28,7 +28,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::state::Gateway;
-use super::{admin, handlers, respond};
+use super::{admin, explain, handlers, respond};
 use crate::api::{ApiError, ErrorKind};
 use crate::metering::Labels;
 
@@ -38,6 +38,7 @@ pub fn app(gw: Arc<Gateway>) -> Router {
         .route("/v1/completions", post(handlers::completions))
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(admin::models))
+        .route("/v1/route/explain", post(explain::explain))
         // Model names may hold `/` (`meta-llama/Llama-3.3-70B-Instruct`).
         .route("/v1/models/{*id}", get(admin::model))
         .route("/health", get(admin::health))
@@ -89,6 +90,11 @@ fn request_id(headers: &http::HeaderMap) -> HeaderValue {
     }
 }
 
+/// Paths of the admin API.
+fn is_admin(path: &str) -> bool {
+    path.starts_with("/v1/route/") || path.starts_with("/admin/")
+}
+
 async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(req.headers());
@@ -96,6 +102,9 @@ async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> R
     let header_bytes: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
     let rejection = if header_bytes > gw.settings.max_header_bytes {
         Some(ApiError::headers_too_large(gw.settings.max_header_bytes))
+    } else if is_admin(req.uri().path()) {
+        // The admin API takes admin keys only, and is off without any.
+        (gw.admin_keys.is_open() || !gw.admin_keys.admit(req.headers())).then(ApiError::invalid_admin_key)
     } else if !matches!(req.uri().path(), "/health" | "/ready" | "/metrics") && !gw.keys.admit(req.headers()) {
         Some(ApiError::invalid_api_key())
     } else {

@@ -1,4 +1,4 @@
-//! What every request reads: settings, keys, the resolver and the metrics.
+//! What every request reads: settings, keys, the router and the metrics.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -8,12 +8,14 @@ use tokio::sync::Semaphore;
 use super::auth::Keys;
 use crate::config::{Config, ServerSettings};
 use crate::metering::Metrics;
-use crate::routing::{ModelResolver, StaticResolver};
+use crate::routing::Router;
 
 pub struct Gateway {
     pub settings: ServerSettings,
     pub keys: Keys,
-    pub resolver: Box<dyn ModelResolver>,
+    /// For the admin API; empty = the admin API is off.
+    pub admin_keys: Keys,
+    pub router: Router,
     pub metrics: Arc<Metrics>,
     /// `server.max_concurrent_requests`: one permit per proxied request, held to the end of its stream.
     pub limiter: Arc<Semaphore>,
@@ -26,7 +28,8 @@ impl Gateway {
         Gateway {
             settings: config.server.clone(),
             keys: Keys::new(&config.auth_keys),
-            resolver: Box::new(StaticResolver::from_config(config, &metrics)),
+            admin_keys: Keys::new(&config.admin_keys),
+            router: Router::from_config(config, &metrics),
             metrics,
             limiter: Arc::new(Semaphore::new(
                 config.server.max_concurrent_requests.min(Semaphore::MAX_PERMITS),

@@ -1,0 +1,378 @@
+//! Policy routing end to end: routes, filters, strategies, fallbacks,
+//! cooldowns, circuit breakers and the explain endpoint, against mock
+//! upstreams and the simulated provider on real sockets.
+
+mod common;
+
+use std::io::Write;
+use std::time::Duration;
+
+use common::{MockUpstream, Script, TestGateway, metric};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-key-0123456789";
+
+/// A catalog for the test models: `fast-api` (remote, cheap, small window,
+/// no tools), `smart-api` (remote, dear, high scores), `local` (self-hosted).
+const CATALOG: &str = r#"
+models:
+  up-model:
+    sources: [test]
+    price: {input: 10.0, output: 30.0}
+    context_window: 100000
+    capabilities: [tools, vision, json]
+    scores: {humaneval: 92.0, mmlu: 88.0, math: 75.0}
+  cheap-model:
+    sources: [test]
+    price: {input: 0.1, output: 0.2}
+    context_window: 64
+    capabilities: [json]
+    scores: {humaneval: 60.0, mmlu: 70.0, math: 40.0}
+  local-model:
+    sources: [test]
+    hosting: self_hosted
+    context_window: 100000
+    capabilities: [tools, json]
+    scores: {humaneval: 70.0, mmlu: 72.0, math: 50.0}
+"#;
+
+struct Setup {
+    mock: MockUpstream,
+    gw: TestGateway,
+    _catalog: tempfile::NamedTempFile,
+}
+
+/// `up` is the scriptable mock (model `up`); `cheap` and `local` are simulated.
+async fn setup(routes: &str, routing: &str) -> Setup {
+    let mock = MockUpstream::start().await;
+    let mut catalog = tempfile::NamedTempFile::new().unwrap();
+    catalog.write_all(CATALOG.as_bytes()).unwrap();
+    let yaml = format!(
+        r#"auth:
+  admin_keys: ["${{ADMIN_KEY}}"]
+routing:
+  catalog: "{catalog}"
+  seed: 7
+{routing}
+providers:
+  mock: {{ kind: openai, base_url: "{base}", api_key: "${{KEY}}", timeouts: {{ first_byte: 300ms, total: 2s }} }}
+  sim: {{ kind: simulated, completion_tokens: 3 }}
+  sim-slow: {{ kind: simulated, completion_tokens: 3, ttft: 80ms }}
+models:
+  - {{ name: up, provider: mock, upstream_model: up-model }}
+  - {{ name: cheap, provider: sim, catalog: cheap-model }}
+  - {{ name: local, provider: sim-slow, catalog: local-model }}
+routes:
+{routes}"#,
+        catalog = catalog.path().display(),
+        base = mock.base_url(),
+    );
+    let gw = TestGateway::start(&yaml, &[("KEY", "sk-test-0123456789"), ("ADMIN_KEY", ADMIN)]).await;
+    Setup {
+        mock,
+        gw,
+        _catalog: catalog,
+    }
+}
+
+fn chat(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+async fn explain(gw: &TestGateway, body: &Value, headers: &[(&str, &str)]) -> Value {
+    let mut req = reqwest::Client::new()
+        .post(gw.url("/v1/route/explain"))
+        .bearer_auth(ADMIN)
+        .json(body);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.json().await.unwrap()
+}
+
+fn order(explained: &Value) -> Vec<String> {
+    explained["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["model"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+const FALLBACK: &str = "  - { name: main, match: { model: main }, targets: [up, cheap], retry: { attempts: 2 } }\n";
+
+#[tokio::test]
+async fn each_upstream_failure_before_the_answer_falls_back() {
+    let s = setup(FALLBACK, "").await;
+    let failures = [
+        Script::json(500, json!({"error": {"message": "boom", "type": "server_error"}})),
+        Script::json(503, json!({"error": {"message": "overloaded"}})),
+        Script::json(429, json!({"error": {"message": "slow down", "type": "rate_limit"}})),
+        Script::Hang,
+    ];
+    for (i, failure) in failures.into_iter().enumerate() {
+        s.mock.push(failure);
+        let mut body = chat("main", "hi");
+        if i == 3 {
+            // A stream whose first byte never comes: the first-byte timeout, then the next backend.
+            body["stream"] = json!(true);
+        }
+        let resp = s.gw.post("/v1/chat/completions", &body).await;
+        assert_eq!(resp.status(), 200, "failure {i}");
+        assert_eq!(header(&resp, "x-tollgate-backend"), "sim/cheap", "failure {i}");
+        assert_eq!(header(&resp, "x-tollgate-route"), "main");
+        assert_eq!(header(&resp, "x-tollgate-attempts"), "2");
+    }
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_upstream_errors_total{kind="status_5xx",provider="mock"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="chat",model="cheap",provider="sim",status="200"}"#
+        ),
+        Some(4.0)
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_backend_falls_back() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let yaml = format!(
+        "providers:\n  gone: {{ kind: openai, base_url: \"http://{closed}/v1\", timeouts: {{ connect: 300ms }} }}\n  sim: {{ kind: simulated }}\nmodels:\n  - {{ name: gone, provider: gone }}\n  - {{ name: sim, provider: sim }}\nroutes:\n  - {{ name: r, match: {{ model: m }}, targets: [gone, sim] }}\n"
+    );
+    let gw = TestGateway::start(&yaml, &[]).await;
+    let resp = gw.post("/v1/chat/completions", &chat("m", "hi")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-tollgate-backend"), "sim/sim");
+}
+
+#[tokio::test]
+async fn a_clients_mistake_is_not_retried_elsewhere() {
+    let s = setup(FALLBACK, "").await;
+    s.mock.push(Script::json(
+        400,
+        json!({"error": {"message": "bad temperature", "type": "invalid_request_error", "param": "temperature"}}),
+    ));
+    let resp = s.gw.post("/v1/chat/completions", &chat("main", "hi")).await;
+    assert_eq!(resp.status(), 400);
+    assert_eq!(header(&resp, "x-tollgate-attempts"), "1");
+    assert_eq!(header(&resp, "x-tollgate-route"), "main");
+}
+
+#[tokio::test]
+async fn retry_after_cools_the_backend_down_for_the_next_requests() {
+    let s = setup(FALLBACK, "").await;
+    let mut limited = Script::json(429, json!({"error": {"message": "slow down"}}));
+    if let Script::Json { headers, .. } = &mut limited {
+        headers.push(("retry-after".into(), "30".into()));
+    }
+    s.mock.push(limited);
+    for _ in 0..3 {
+        let resp = s.gw.post("/v1/chat/completions", &chat("main", "hi")).await;
+        assert_eq!(header(&resp, "x-tollgate-backend"), "sim/cheap");
+    }
+    assert_eq!(s.mock.received().len(), 1, "the cooled-down backend was asked once");
+    let e = explain(&s.gw, &chat("main", "hi"), &[]).await;
+    assert_eq!(order(&e), ["cheap"]);
+    assert!(
+        e["dropped"][0]["reason"].as_str().unwrap().contains("cooling down"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn the_circuit_opens_after_failures_and_a_probe_closes_it() {
+    let s = setup(FALLBACK, "  breaker: { failures: 2, cooldown: 300ms }").await;
+    for _ in 0..2 {
+        s.mock.push(Script::json(500, json!({"error": {"message": "boom"}})));
+    }
+    for _ in 0..4 {
+        let resp = s.gw.post("/v1/chat/completions", &chat("main", "hi")).await;
+        assert_eq!(header(&resp, "x-tollgate-backend"), "sim/cheap");
+    }
+    assert_eq!(s.mock.received().len(), 2, "open: no more requests");
+    let e = explain(&s.gw, &chat("main", "hi"), &[]).await;
+    assert!(
+        e["dropped"][0]["reason"].as_str().unwrap().contains("circuit open"),
+        "{e}"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    // The probe succeeds (the mock's default answer) and closes the circuit.
+    let resp = s.gw.post("/v1/chat/completions", &chat("main", "hi")).await;
+    assert_eq!(header(&resp, "x-tollgate-backend"), "mock/up");
+    let e = explain(&s.gw, &chat("main", "hi"), &[]).await;
+    assert_eq!(e["candidates"][0]["circuit"], "closed");
+}
+
+#[tokio::test]
+async fn the_same_backend_is_retried_with_backoff_when_the_route_says_so() {
+    let routes =
+        "  - { name: main, match: { model: main }, targets: [up], retry: { same_backend: 1, backoff: 20ms } }\n";
+    let s = setup(routes, "").await;
+    s.mock
+        .push(Script::json(502, json!({"error": {"message": "bad gateway"}})));
+    let resp = s.gw.post("/v1/chat/completions", &chat("main", "hi")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-tollgate-attempts"), "2");
+    assert_eq!(s.mock.received().len(), 2);
+}
+
+#[tokio::test]
+async fn context_window_and_capabilities_filter_candidates() {
+    let routes = "  - { name: any, match: { model: any }, targets: [cheap, up] }\n";
+    let s = setup(routes, "").await;
+    // cheap-model's window is 64 tokens.
+    let long = chat("any", &"word ".repeat(100));
+    let e = explain(&s.gw, &long, &[]).await;
+    assert_eq!(order(&e), ["up"]);
+    assert!(
+        e["dropped"][0]["reason"].as_str().unwrap().contains("context window"),
+        "{e}"
+    );
+    let mut tools = chat("any", "hi");
+    tools["tools"] = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+    let e = explain(&s.gw, &tools, &[]).await;
+    assert_eq!(order(&e), ["up"]);
+    assert_eq!(e["dropped"][0]["reason"], "cannot take tools");
+    let resp = s.gw.post("/v1/chat/completions", &tools).await;
+    assert_eq!(header(&resp, "x-tollgate-backend"), "mock/up");
+}
+
+#[tokio::test]
+async fn a_local_only_route_never_reaches_a_remote_backend() {
+    let routes = "  - { name: private, match: { headers: { x-data-class: restricted } }, targets: [up, local], local_only: true }\n";
+    let s = setup(routes, "").await;
+    for _ in 0..3 {
+        let resp = reqwest::Client::new()
+            .post(s.gw.url("/v1/chat/completions"))
+            .header("x-data-class", "restricted")
+            .json(&chat("up", "secret"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(header(&resp, "x-tollgate-backend"), "sim-slow/local");
+        assert_eq!(header(&resp, "x-tollgate-route"), "private");
+    }
+    assert!(s.mock.received().is_empty(), "no request left the machine");
+    // Without the header, the direct route serves the model asked for.
+    let resp = s.gw.post("/v1/chat/completions", &chat("up", "hi")).await;
+    assert_eq!(header(&resp, "x-tollgate-route"), "direct");
+    assert_eq!(header(&resp, "x-tollgate-backend"), "mock/up");
+}
+
+#[tokio::test]
+async fn best_score_picks_by_domain_within_the_limits_and_degrades_to_cheaper() {
+    let routes = "  - { name: auto, match: { model: auto }, targets: [cheap, local, up], strategy: best-score }\n  - { name: budget, match: { model: auto-budget }, targets: [cheap, local, up], strategy: best-score, objective: { max_cost_per_request: 0.001 } }\n  - { name: none-fit, match: { model: auto-tight }, targets: [cheap, up], strategy: best-score, objective: { score: humaneval, max_cost_per_request: 0.0000001 } }\n";
+    let s = setup(routes, "").await;
+    let code = chat(
+        "auto",
+        "Fix this Rust error: ```fn main() { let x: i32 = \"a\"; }``` mismatched types",
+    );
+    let e = explain(&s.gw, &code, &[]).await;
+    assert_eq!(e["domain"], "code");
+    assert_eq!(e["benchmark"], "humaneval");
+    assert_eq!(order(&e), ["up", "local", "cheap"], "{e}");
+    // The header overrides the classifier.
+    let e = explain(&s.gw, &code, &[("x-tollgate-domain", "math")]).await;
+    assert_eq!(
+        (e["domain"].as_str(), e["benchmark"].as_str()),
+        (Some("math"), Some("math"))
+    );
+    // Within a cost limit the dear model no longer qualifies; the local one (free) leads.
+    let mut budget = code.clone();
+    budget["model"] = json!("auto-budget");
+    let e = explain(&s.gw, &budget, &[]).await;
+    assert_eq!(order(&e)[0], "local", "{e}");
+    assert_eq!(e["candidates"][2]["within_limits"], false);
+    // When none qualifies, the cheapest comes first.
+    let mut tight = code;
+    tight["model"] = json!("auto-tight");
+    let e = explain(&s.gw, &tight, &[]).await;
+    assert_eq!(order(&e), ["cheap", "up"], "{e}");
+    let resp = s.gw.post("/v1/chat/completions", &tight).await;
+    assert_eq!(header(&resp, "x-tollgate-backend"), "sim/cheap");
+}
+
+#[tokio::test]
+async fn weighted_routing_follows_the_weights_reproducibly() {
+    let routes = "  - { name: split, match: { model: split }, targets: [cheap, local], strategy: weighted, weights: { cheap: 3, local: 1 } }\n";
+    let s = setup(routes, "").await;
+    let mut first = Vec::new();
+    for _ in 0..400 {
+        first.push(order(&explain(&s.gw, &chat("split", "hi"), &[]).await)[0].clone());
+    }
+    let cheap = first.iter().filter(|m| *m == "cheap").count();
+    assert!((260..=340).contains(&cheap), "3:1 expected, got {cheap} of 400");
+    // The same seed gives the same sequence.
+    let again = setup(routes, "").await;
+    let mut second = Vec::new();
+    for _ in 0..20 {
+        second.push(order(&explain(&again.gw, &chat("split", "hi"), &[]).await)[0].clone());
+    }
+    assert_eq!(second, first[..20]);
+}
+
+#[tokio::test]
+async fn lowest_cost_and_lowest_latency_order_by_what_they_measure() {
+    let routes = "  - { name: thrifty, match: { model: thrifty }, targets: [up, cheap], strategy: lowest-cost }\n  - { name: quick, match: { model: quick }, targets: [local, cheap], strategy: lowest-latency }\n";
+    let s = setup(routes, "").await;
+    let e = explain(&s.gw, &chat("thrifty", "hi"), &[]).await;
+    assert_eq!(order(&e), ["cheap", "up"]);
+    assert!(
+        e["candidates"][0]["expected_cost_usd"].as_f64().unwrap()
+            < e["candidates"][1]["expected_cost_usd"].as_f64().unwrap()
+    );
+    // Measure both: local answers after 80 ms, cheap at once.
+    for model in ["local", "cheap", "local", "cheap"] {
+        let mut body = chat(model, "hi");
+        body["stream"] = json!(true);
+        s.gw.post("/v1/chat/completions", &body).await.text().await.unwrap();
+    }
+    for _ in 0..10 {
+        let e = explain(&s.gw, &chat("quick", "hi"), &[]).await;
+        assert_eq!(order(&e)[0], "cheap", "{e}");
+    }
+}
+
+#[tokio::test]
+async fn explain_needs_an_admin_key_and_says_why() {
+    let s = setup(FALLBACK, "").await;
+    let resp = s.gw.post("/v1/route/explain", &chat("main", "hi")).await;
+    assert_eq!(resp.status(), 401);
+    let e = explain(&s.gw, &chat("main", "hi"), &[]).await;
+    assert_eq!(e["route"], "main");
+    assert_eq!(e["strategy"], "priority");
+    assert_eq!(e["attempts"], 2);
+    assert_eq!(e["candidates"][0]["provider"], "mock");
+    assert!(e["candidates"][0]["expected_cost_usd"].as_f64().unwrap() > 0.0);
+    assert!(s.mock.received().is_empty(), "explaining calls no upstream");
+    let e = explain(&s.gw, &chat("cheap", "hi"), &[]).await;
+    assert_eq!(e["route"], "direct");
+    let resp = reqwest::Client::new()
+        .post(s.gw.url("/v1/route/explain"))
+        .bearer_auth(ADMIN)
+        .json(&chat("nope", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
