@@ -124,6 +124,11 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
         };
         let addr = listener.local_addr().map_or_else(|_| cfg.server.listen.to_string(), |a| a.to_string());
         let gateway = Arc::new(Gateway::from_config(&cfg));
+        tokio::spawn(server::reload::watch(
+            gateway.clone(),
+            path.to_path_buf(),
+            cfg.server.listen,
+        ));
         for (provider, vars) in cfg.providers_without_keys() {
             tracing::warn!(provider, missing = %vars.join(", "), "provider has no API key: its models answer 503 until it is set");
         }

@@ -196,3 +196,113 @@ async fn sigterm_drains_an_in_flight_stream_then_exits() {
     assert!(logs.iter().any(|l| l.contains("SIGTERM")));
     assert!(!logs.iter().any(|l| l.contains("tg-cli-key-1")));
 }
+
+fn reload_config(target: &str) -> String {
+    format!(
+        r#"
+auth:
+  keys: ["${{TG_KEY}}"]
+logging:
+  format: json
+providers:
+  sim-a: {{ kind: simulated, completion_tokens: 2 }}
+  sim-b: {{ kind: simulated, completion_tokens: 2 }}
+models:
+  - {{ name: a, provider: sim-a }}
+  - {{ name: b, provider: sim-b }}
+routes:
+  - {{ name: main, match: {{ model: m }}, targets: [{target}] }}
+"#
+    )
+}
+
+#[tokio::test]
+async fn reloads_apply_under_load_without_a_failed_request_and_bad_files_are_refused() {
+    let (server, cfg) = start(&reload_config("a"));
+    let url = format!("http://{}/v1/chat/completions", server.addr);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let (url, stop) = (url.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut ok, mut failed, mut served_by) = (0u32, Vec::new(), std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+                match client.post(&url).bearer_auth("tg-cli-key-1").json(&body).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        ok += 1;
+                        served_by.insert(r.headers()["x-tollgate-backend"].to_str().unwrap().to_owned());
+                    }
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (ok, failed, served_by)
+        }));
+    }
+    let backend = |client: reqwest::Client, url: String| async move {
+        let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        let r = client
+            .post(&url)
+            .bearer_auth("tg-cli-key-1")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        r.headers()["x-tollgate-backend"].to_str().unwrap().to_owned()
+    };
+    let wait_for = |want: &'static str| {
+        let url = url.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(8);
+            loop {
+                if backend(reqwest::Client::new(), url.clone()).await == want {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "the reload to {want} never took effect");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.child.id().to_string();
+    // SIGHUP: the new route applies.
+    std::fs::write(cfg.path(), reload_config("b")).unwrap();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    wait_for("sim-b/b").await;
+    // A bad file is refused; the running config stays.
+    std::fs::write(cfg.path(), "routes: [this is not a route]\n").unwrap();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(backend(reqwest::Client::new(), url.clone()).await, "sim-b/b");
+    // A change to the file alone is noticed too.
+    std::fs::write(cfg.path(), reload_config("a")).unwrap();
+    wait_for("sim-a/a").await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut total, mut seen) = (0, std::collections::BTreeSet::new());
+    for task in load {
+        let (ok, failed, served_by) = task.await.unwrap();
+        assert!(failed.is_empty(), "failed requests during reloads: {failed:?}");
+        total += ok;
+        seen.extend(served_by);
+    }
+    assert!(total > 50, "the load ran: {total} requests");
+    assert!(seen.contains("sim-a/a") && seen.contains("sim-b/b"), "{seen:?}");
+    let metrics = reqwest::get(format!("http://{}/metrics", server.addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"tollgate_config_reloads_total{result="error"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tollgate_config_reloads_total{result="ok"}"#),
+        "{metrics}"
+    );
+    let logs: Vec<String> = server.logs.try_iter().collect();
+    assert!(logs.iter().any(|l| l.contains("config rejected")), "{logs:?}");
+}

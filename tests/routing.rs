@@ -39,8 +39,11 @@ models:
 struct Setup {
     mock: MockUpstream,
     gw: TestGateway,
+    yaml: String,
     _catalog: tempfile::NamedTempFile,
 }
+
+const ENV: [(&str, &str); 2] = [("KEY", "sk-test-0123456789"), ("ADMIN_KEY", ADMIN)];
 
 /// `up` is the scriptable mock (model `up`); `cheap` and `local` are simulated.
 async fn setup(routes: &str, routing: &str) -> Setup {
@@ -67,10 +70,11 @@ routes:
         catalog = catalog.path().display(),
         base = mock.base_url(),
     );
-    let gw = TestGateway::start(&yaml, &[("KEY", "sk-test-0123456789"), ("ADMIN_KEY", ADMIN)]).await;
+    let gw = TestGateway::start(&yaml, &ENV).await;
     Setup {
         mock,
         gw,
+        yaml,
         _catalog: catalog,
     }
 }
@@ -375,4 +379,30 @@ async fn explain_needs_an_admin_key_and_says_why() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 404);
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_health_of_the_backends_that_remain() {
+    let s = setup(FALLBACK, "  breaker: { failures: 2, cooldown: 60s }").await;
+    for _ in 0..2 {
+        s.mock.push(Script::json(500, json!({"error": {"message": "boom"}})));
+        s.gw.post("/v1/chat/completions", &chat("main", "hi")).await;
+    }
+    let e = explain(&s.gw, &chat("main", "hi"), &[]).await;
+    assert_eq!(order(&e), ["cheap"], "the circuit is open");
+    // The same config again, plus a route: `up` remains, so its open circuit does too.
+    let yaml = format!(
+        "{}  - {{ name: extra, match: {{ model: extra }}, targets: [cheap] }}\n",
+        s.yaml
+    );
+    let vars: std::collections::HashMap<&str, &str> = ENV.into_iter().collect();
+    let cfg = tollgate::config::parse(&yaml, &|n| vars.get(n).map(|v| v.to_string())).unwrap();
+    s.gw.gateway.reload(&cfg);
+    let e = explain(&s.gw, &chat("main", "hi"), &[]).await;
+    assert_eq!(order(&e), ["cheap"]);
+    assert!(
+        e["dropped"][0]["reason"].as_str().unwrap().contains("circuit open"),
+        "{e}"
+    );
+    assert_eq!(explain(&s.gw, &chat("extra", "hi"), &[]).await["route"], "extra");
 }

@@ -80,6 +80,7 @@ pub struct Metrics {
     reported: CounterVec,
     upstream_errors: IntCounterVec,
     in_flight: IntGauge,
+    reloads: IntCounterVec,
 }
 
 /// Decrements the in-flight gauge when the request, stream included, is over.
@@ -141,6 +142,14 @@ impl Metrics {
             &["model", "provider", "phase"],
         )
         .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            Opts::new(
+                "tollgate_config_reloads_total",
+                "Config reloads by result (ok, error: the file was rejected and the running config stays)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tollgate_upstream_errors_total",
@@ -169,6 +178,7 @@ impl Metrics {
             Box::new(ttft.clone()),
             Box::new(tokens.clone()),
             Box::new(reported.clone()),
+            Box::new(reloads.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(build),
@@ -184,7 +194,15 @@ impl Metrics {
             reported,
             upstream_errors,
             in_flight,
+            reloads,
         }
+    }
+
+    /// Counts a config reload, applied or rejected.
+    pub fn config_reload(&self, applied: bool) {
+        self.reloads
+            .with_label_values(&[if applied { "ok" } else { "error" }])
+            .inc();
     }
 
     pub fn series(&self, labels: Labels<'_>) -> Series {

@@ -189,7 +189,10 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn from_config(config: &Config, metrics: &Arc<Metrics>) -> Self {
+    /// Builds the router for `config`; with the `previous` one (a reload),
+    /// backends that remain (same name, provider and upstream model) keep
+    /// their health: measured latency, circuit and cooldown.
+    pub fn from_config(config: &Config, metrics: &Arc<Metrics>, previous: Option<&Router>) -> Self {
         let providers: HashMap<&str, Arc<dyn Provider>> = config
             .providers
             .iter()
@@ -209,6 +212,9 @@ impl Router {
             let info = catalog.get(&m.catalog).or_else(|| catalog.get(&m.name)).cloned();
             let mut b = backend(&m.name, &m.upstream_model, &m.provider, provider.clone(), info, metrics);
             b.missing_key = without_keys.contains(&m.provider.as_str());
+            if let Some(kept) = previous.and_then(|p| p.same_backend(&b)) {
+                b.health = kept.health.clone();
+            }
             backends.push(Arc::new(b));
             for name in std::iter::once(&m.name).chain(&m.aliases) {
                 by_name.insert(name.clone(), index);
@@ -254,6 +260,13 @@ impl Router {
             discovered: ArcSwap::from_pointee(Vec::new()),
             metrics: metrics.clone(),
         }
+    }
+
+    /// This router's backend that is `b` again: same model, provider and upstream model.
+    fn same_backend(&self, b: &Backend) -> Option<&Arc<Backend>> {
+        self.backends
+            .iter()
+            .find(|x| x.model == b.model && x.provider_name == b.provider_name && x.upstream_model == b.upstream_model)
     }
 
     /// The backend of a model name: configured (name or alias) or discovered.

@@ -38,7 +38,7 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
 /// gateway's start: tollgate does not know when an upstream made a model.
 pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
     let created = started_at();
-    let listed = gw.router.listed();
+    let listed = gw.router.load().listed();
     let data = listed
         .iter()
         .map(|(id, owned_by)| ModelEntry {
@@ -54,7 +54,7 @@ pub async fn models(State(gw): State<Arc<Gateway>>) -> Response {
 
 /// One model, as `GET /v1/models/{id}` (the SDKs' `models.retrieve`).
 pub async fn model(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
-    let listed = gw.router.listed();
+    let listed = gw.router.load().listed();
     match listed.iter().find(|(name, _)| **name == *id) {
         Some((id, owned_by)) => {
             let body = serde_json::to_vec(&ModelEntry {

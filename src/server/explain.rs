@@ -38,7 +38,7 @@ async fn decide(gw: &Gateway, req: Request) -> Result<Value, ApiError> {
     })?;
     let f = Features::chat(&chat);
     let now = Instant::now();
-    let d = gw.router.decide(&f, &parts.headers, now)?;
+    let d = gw.router.load().decide(&f, &parts.headers, now)?;
     let attempts = if d.candidates.is_empty() { 0 } else { d.attempts() };
     let candidates: Vec<Value> = d
         .candidates

@@ -142,7 +142,10 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 .with_param(param)
                 .with_code("invalid_value")
         })?;
-        let decision = gw.router.decide(&parsed.features(), &parts.headers, Instant::now())?;
+        let decision = gw
+            .router
+            .load()
+            .decide(&parsed.features(), &parts.headers, Instant::now())?;
         if let Some(err) = decision.nothing_left() {
             return Err(err);
         }
@@ -327,7 +330,7 @@ fn note_failure(
     meter.upstream_error(err.kind());
     let now = Instant::now();
     if err.is_backend_fault() {
-        backend.health.failure(now, &gw.router.breaker);
+        backend.health.failure(now, &gw.router.load().breaker);
     } else {
         backend.health.release();
     }

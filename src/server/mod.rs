@@ -6,6 +6,7 @@ mod explain;
 mod handlers;
 mod meter;
 pub mod relay;
+pub mod reload;
 mod respond;
 pub mod stack;
 pub mod state;
@@ -53,10 +54,10 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
         });
     };
 
-    let discovery = if gw.router.discovers() {
+    let discovery = if gw.router.load().discovers() {
         // The first list before /ready says yes, so discovered names answer at once;
         // bounded, so an unreachable Ollama does not hold the gateway back.
-        let _ = tokio::time::timeout(FIRST_DISCOVERY, gw.router.refresh()).await;
+        let _ = tokio::time::timeout(FIRST_DISCOVERY, gw.router.load_full().refresh()).await;
         Some(tokio::spawn(discover_models(gw.clone())))
     } else {
         None
@@ -113,7 +114,7 @@ async fn discover_models(gw: Arc<Gateway>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        gw.router.refresh().await;
+        gw.router.load_full().refresh().await;
     }
 }
 

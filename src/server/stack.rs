@@ -104,8 +104,9 @@ async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> R
         Some(ApiError::headers_too_large(gw.settings.max_header_bytes))
     } else if is_admin(req.uri().path()) {
         // The admin API takes admin keys only, and is off without any.
-        (gw.admin_keys.is_open() || !gw.admin_keys.admit(req.headers())).then(ApiError::invalid_admin_key)
-    } else if !matches!(req.uri().path(), "/health" | "/ready" | "/metrics") && !gw.keys.admit(req.headers()) {
+        let admin = gw.admin_keys.load();
+        (admin.is_open() || !admin.admit(req.headers())).then(ApiError::invalid_admin_key)
+    } else if !matches!(req.uri().path(), "/health" | "/ready" | "/metrics") && !gw.keys.load().admit(req.headers()) {
         Some(ApiError::invalid_api_key())
     } else {
         None

@@ -1,6 +1,10 @@
 //! What every request reads: settings, keys, the router and the metrics.
+//! Keys and the router are swapped whole when the config is reloaded; a
+//! request holds the ones it started with to its end.
 
 use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::Semaphore;
@@ -12,10 +16,10 @@ use crate::routing::Router;
 
 pub struct Gateway {
     pub settings: ServerSettings,
-    pub keys: Keys,
+    pub keys: ArcSwap<Keys>,
     /// For the admin API; empty = the admin API is off.
-    pub admin_keys: Keys,
-    pub router: Router,
+    pub admin_keys: ArcSwap<Keys>,
+    pub router: ArcSwap<Router>,
     pub metrics: Arc<Metrics>,
     /// `server.max_concurrent_requests`: one permit per proxied request, held to the end of its stream.
     pub limiter: Arc<Semaphore>,
@@ -27,15 +31,26 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         Gateway {
             settings: config.server.clone(),
-            keys: Keys::new(&config.auth_keys),
-            admin_keys: Keys::new(&config.admin_keys),
-            router: Router::from_config(config, &metrics),
+            keys: ArcSwap::from_pointee(Keys::new(&config.auth_keys)),
+            admin_keys: ArcSwap::from_pointee(Keys::new(&config.admin_keys)),
+            router: ArcSwap::from_pointee(Router::from_config(config, &metrics, None)),
             metrics,
             limiter: Arc::new(Semaphore::new(
                 config.server.max_concurrent_requests.min(Semaphore::MAX_PERMITS),
             )),
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// Takes a new, validated config: providers, models, routes, the catalog
+    /// and keys. Backends that remain keep their measured latency and circuit
+    /// state. `server` and `logging` settings need a restart.
+    pub fn reload(&self, config: &Config) {
+        let previous = self.router.load_full();
+        let router = Router::from_config(config, &self.metrics, Some(&previous));
+        self.router.store(Arc::new(router));
+        self.keys.store(Arc::new(Keys::new(&config.auth_keys)));
+        self.admin_keys.store(Arc::new(Keys::new(&config.admin_keys)));
     }
 
     /// Ready means listening with a loaded config, and not draining.
