@@ -406,3 +406,82 @@ async fn a_reload_keeps_the_health_of_the_backends_that_remain() {
     );
     assert_eq!(explain(&s.gw, &chat("extra", "hi"), &[]).await["route"], "extra");
 }
+
+#[tokio::test]
+async fn a_mirror_copies_requests_off_the_clients_path_and_meters_both_sides() {
+    let routes = "  - { name: shadowed, match: { model: shadowed }, targets: [cheap], mirror: { to: up, percent: 100 } }\n  - { name: half, match: { model: half }, targets: [cheap], mirror: { to: up, percent: 50 } }\n";
+    let s = setup(routes, "").await;
+    // A slow, failing shadow changes nothing for the client.
+    s.mock.push(Script::Json {
+        status: 500,
+        body: json!({"error": {"message": "shadow broke"}}),
+        headers: vec![],
+        delay: Duration::from_millis(600),
+    });
+    let started = std::time::Instant::now();
+    let resp = reqwest::Client::new()
+        .post(s.gw.url("/v1/chat/completions"))
+        .header("x-request-id", "req-mirror-1")
+        .json(&chat("shadowed", "hello shadow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-tollgate-backend"), "sim/cheap");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "the client did not wait for the shadow"
+    );
+    // The shadow got the same request, for its own model.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while s.mock.received().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the shadow request never came");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let got = s.mock.last();
+    assert_eq!(got.body["model"], "up-model");
+    assert_eq!(got.body["messages"][0]["content"], "hello shadow");
+    assert_eq!(got.headers["x-request-id"], "req-mirror-1-shadow");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_mirror_requests_total{model="up",provider="mock",role="shadow",route="shadowed",status="500"}"#
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_mirror_requests_total{model="cheap",provider="sim",role="primary",route="shadowed",status="200"}"#
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_mirror_tokens_total{model="cheap",provider="sim",role="primary",route="shadowed",type="completion"}"#
+        ),
+        Some(3.0)
+    );
+    // Shadow traffic is not client traffic.
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="chat",model="up",provider="mock",status="500"}"#
+        ),
+        None
+    );
+    // Half the requests, about.
+    for _ in 0..100 {
+        s.gw.post("/v1/chat/completions", &chat("half", "hi")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mirrored = s.mock.received().len() - 1;
+    assert!(
+        (30..=70).contains(&mirrored),
+        "50% expected, {mirrored} of 100 mirrored"
+    );
+}

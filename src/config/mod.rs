@@ -774,6 +774,22 @@ impl Validator<'_> {
             if r.retry.attempts == Some(0) {
                 self.error(at("retry"), path("retry.attempts"), "must be at least 1");
             }
+            if let Some(m) = &r.mirror {
+                if !known.contains(m.to.as_str()) {
+                    self.error(
+                        at("mirror"),
+                        path("mirror.to"),
+                        format!("`{}` is not a configured model", m.to),
+                    );
+                }
+                if !(m.percent > 0.0 && m.percent <= 100.0) {
+                    self.error(
+                        at("mirror"),
+                        path("mirror.percent"),
+                        "must be more than 0 and at most 100",
+                    );
+                }
+            }
         }
         catalog_text
     }

@@ -121,6 +121,18 @@ pub struct RouteSection {
     pub local_only: bool,
     #[serde(default)]
     pub retry: RetrySection,
+    /// Copies a share of the route's requests to another model, answer discarded.
+    #[serde(default)]
+    pub mirror: Option<MirrorSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSection {
+    /// A configured model name.
+    pub to: String,
+    /// The share of requests copied, 0 to 100.
+    pub percent: f64,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

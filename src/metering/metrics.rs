@@ -81,6 +81,29 @@ pub struct Metrics {
     upstream_errors: IntCounterVec,
     in_flight: IntGauge,
     reloads: IntCounterVec,
+    mirror: MirrorMetrics,
+}
+
+/// Requests a route mirrors: the primary's and the shadow's outcome on the
+/// same requests, side by side, apart from the ordinary request metrics (which
+/// count only what clients were answered).
+struct MirrorMetrics {
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    tokens: IntCounterVec,
+    skipped: IntCounterVec,
+}
+
+/// One side of a mirrored request, for [`Metrics::mirrored`].
+pub struct MirrorSide<'a> {
+    pub route: &'a str,
+    /// `primary` or `shadow`.
+    pub role: &'a str,
+    pub model: &'a str,
+    pub provider: &'a str,
+    pub status: u16,
+    pub elapsed: Duration,
+    pub usage: Option<&'a Usage>,
 }
 
 /// Decrements the in-flight gauge when the request, stream included, is over.
@@ -150,6 +173,42 @@ impl Metrics {
             &["result"],
         )
         .expect("valid metric");
+        let mirror_labels = ["route", "role", "model", "provider"];
+        let mirror = MirrorMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_mirror_requests_total",
+                    "Mirrored requests, the primary's and the shadow's answer, by route, role, model, provider and status",
+                ),
+                &["route", "role", "model", "provider", "status"],
+            )
+            .expect("valid metric"),
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "tollgate_mirror_request_duration_seconds",
+                    "Mirrored requests' time to the last byte, primary and shadow",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &mirror_labels,
+            )
+            .expect("valid metric"),
+            tokens: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_mirror_tokens_total",
+                    "Mirrored requests' tokens, primary and shadow, by type (prompt, completion)",
+                ),
+                &["route", "role", "model", "provider", "type"],
+            )
+            .expect("valid metric"),
+            skipped: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_mirror_skipped_total",
+                    "Requests a route would have mirrored while the shadow capacity was full",
+                ),
+                &["route"],
+            )
+            .expect("valid metric"),
+        };
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tollgate_upstream_errors_total",
@@ -179,6 +238,10 @@ impl Metrics {
             Box::new(tokens.clone()),
             Box::new(reported.clone()),
             Box::new(reloads.clone()),
+            Box::new(mirror.requests.clone()),
+            Box::new(mirror.duration.clone()),
+            Box::new(mirror.tokens.clone()),
+            Box::new(mirror.skipped.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(build),
@@ -195,7 +258,35 @@ impl Metrics {
             upstream_errors,
             in_flight,
             reloads,
+            mirror,
         }
+    }
+
+    /// Records one side of a mirrored request.
+    pub fn mirrored(&self, side: MirrorSide<'_>) {
+        let labels = [side.route, side.role, side.model, side.provider];
+        let status = status_label(side.status);
+        self.mirror
+            .requests
+            .with_label_values(&[side.route, side.role, side.model, side.provider, &status])
+            .inc();
+        self.mirror
+            .duration
+            .with_label_values(&labels)
+            .observe(side.elapsed.as_secs_f64());
+        if let Some(u) = side.usage {
+            for (kind, n) in [("prompt", u.prompt_tokens), ("completion", u.completion_tokens)] {
+                self.mirror
+                    .tokens
+                    .with_label_values(&[side.route, side.role, side.model, side.provider, kind])
+                    .inc_by(n);
+            }
+        }
+    }
+
+    /// A request was not mirrored: the shadow capacity was full.
+    pub fn mirror_skipped(&self, route: &str) {
+        self.mirror.skipped.with_label_values(&[route]).inc();
     }
 
     /// Counts a config reload, applied or rejected.

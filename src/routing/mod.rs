@@ -120,6 +120,8 @@ pub struct Decision {
     pub objective: Objective,
     /// Whether `Retry-After` cooldowns skip a backend: only with somewhere else to go.
     pub honour_cooldown: bool,
+    /// The backend this request is copied to, if the route mirrors and the draw says so.
+    pub mirror: Option<Arc<Backend>>,
 }
 
 impl Decision {
@@ -346,6 +348,10 @@ impl Router {
                 None => candidates.push(candidate(b, position, f)),
             }
         }
+        let mirror = route.and_then(|r| r.mirror.as_ref()).and_then(|(to, percent)| {
+            let draw = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64() * 100.0;
+            (draw < *percent).then(|| to.clone())
+        });
         let needs_domain = strategy == StrategyName::BestScore;
         let d = if needs_domain { domain.get() } else { Domain::General };
         strategy::order(strategy, &mut candidates, weights, objective, d, &self.rng);
@@ -358,6 +364,7 @@ impl Router {
             retry,
             objective: objective.clone(),
             honour_cooldown: several,
+            mirror,
         })
     }
 

@@ -186,6 +186,8 @@ pub struct Route {
     pub objective: Objective,
     pub local_only: bool,
     pub retry: Retry,
+    /// The shadow backend and the share (percent) of requests copied to it.
+    pub mirror: Option<(Arc<Backend>, f64)>,
 }
 
 impl Route {
@@ -214,6 +216,7 @@ impl Route {
                 same_backend: section.retry.same_backend,
                 backoff: section.retry.backoff.0,
             },
+            mirror: section.mirror.as_ref().and_then(|m| Some((backend(&m.to)?, m.percent))),
         }
     }
 }

@@ -165,6 +165,28 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
     let requested = parsed.model().to_owned();
     let attempts = decision.attempts();
     let retry = decision.retry;
+    if let Some(to) = &decision.mirror {
+        match gw.shadows.clone().try_acquire_owned() {
+            Ok(permit) => {
+                meter.mirrored(decision.route.clone());
+                let request_id =
+                    HeaderValue::from_str(&format!("{request_id}-shadow")).unwrap_or(request_header.clone());
+                super::mirror::spawn(
+                    gw.clone(),
+                    super::mirror::Shadow {
+                        route: decision.route.clone(),
+                        backend: to.clone(),
+                        request: parsed.clone(),
+                        request_id,
+                        body_size,
+                        deadline,
+                        permit,
+                    },
+                );
+            }
+            Err(_) => gw.metrics.mirror_skipped(&decision.route),
+        }
+    }
     let mut parsed = Some(parsed);
     let mut tries: u32 = 0;
     let mut last_failure: Option<(UpstreamError, Arc<Backend>)> = None;

@@ -8,7 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::api::Usage;
-use crate::metering::metrics::InFlight;
+use crate::metering::metrics::{InFlight, MirrorSide};
 use crate::metering::{Endpoint, Labels, Metrics, Series};
 use crate::routing::Backend;
 
@@ -25,6 +25,8 @@ pub struct RequestMeter {
     _in_flight: InFlight,
     /// The request's share of `server.max_concurrent_requests`, held to the end of a stream.
     _permit: OwnedSemaphorePermit,
+    /// Set when the route mirrors this request: the primary side is recorded for comparison.
+    mirror_route: Option<Arc<str>>,
 }
 
 impl RequestMeter {
@@ -40,6 +42,7 @@ impl RequestMeter {
             status: None,
             _in_flight: in_flight,
             _permit: permit,
+            mirror_route: None,
         }
     }
 
@@ -87,6 +90,11 @@ impl RequestMeter {
         self.metrics.upstream_error(self.labels().provider, kind);
     }
 
+    /// This request is mirrored by `route`.
+    pub fn mirrored(&mut self, route: Arc<str>) {
+        self.mirror_route = Some(route);
+    }
+
     pub fn finish(&mut self, status: u16) {
         self.status = Some(status);
     }
@@ -96,6 +104,18 @@ impl Drop for RequestMeter {
     fn drop(&mut self) {
         let status = self.status.unwrap_or(if std::thread::panicking() { 500 } else { 499 });
         let elapsed = self.started.elapsed();
+        if let Some(route) = &self.mirror_route {
+            let labels = self.labels();
+            self.metrics.mirrored(MirrorSide {
+                route,
+                role: "primary",
+                model: labels.model,
+                provider: labels.provider,
+                status,
+                elapsed,
+                usage: self.usage.as_ref(),
+            });
+        }
         if let (200, Some((_, _, series))) = (status, &self.backend) {
             // The common path: handles resolved at load, no label hashing.
             series.success(elapsed);

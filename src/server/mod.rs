@@ -5,6 +5,7 @@ pub mod auth;
 mod explain;
 mod handlers;
 mod meter;
+mod mirror;
 pub mod relay;
 pub mod reload;
 mod respond;

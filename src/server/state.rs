@@ -23,6 +23,8 @@ pub struct Gateway {
     pub metrics: Arc<Metrics>,
     /// `server.max_concurrent_requests`: one permit per proxied request, held to the end of its stream.
     pub limiter: Arc<Semaphore>,
+    /// Shadow (mirrored) requests in flight.
+    pub shadows: Arc<Semaphore>,
     ready: AtomicBool,
 }
 
@@ -38,6 +40,7 @@ impl Gateway {
             limiter: Arc::new(Semaphore::new(
                 config.server.max_concurrent_requests.min(Semaphore::MAX_PERMITS),
             )),
+            shadows: Arc::new(Semaphore::new(super::mirror::MAX_SHADOWS)),
             ready: AtomicBool::new(false),
         }
     }
