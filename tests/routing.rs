@@ -151,6 +151,17 @@ async fn each_upstream_failure_before_the_answer_falls_back() {
         ),
         Some(4.0)
     );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_route_decisions_total{model="cheap",provider="sim",route="main"}"#
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(&m, r#"tollgate_retries_total{kind="fallback",route="main"}"#),
+        Some(4.0)
+    );
 }
 
 #[tokio::test]
@@ -213,6 +224,16 @@ async fn the_circuit_opens_after_failures_and_a_probe_closes_it() {
         assert_eq!(header(&resp, "x-tollgate-backend"), "sim/cheap");
     }
     assert_eq!(s.mock.received().len(), 2, "open: no more requests");
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        metric(&m, r#"tollgate_circuit_state{model="up",provider="mock"}"#),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, r#"tollgate_circuit_state{model="cheap",provider="sim"}"#),
+        Some(0.0)
+    );
     let e = explain(&s.gw, &chat("main", "hi"), &[]).await;
     assert!(
         e["dropped"][0]["reason"].as_str().unwrap().contains("circuit open"),
@@ -237,6 +258,11 @@ async fn the_same_backend_is_retried_with_backoff_when_the_route_says_so() {
     assert_eq!(resp.status(), 200);
     assert_eq!(header(&resp, "x-tollgate-attempts"), "2");
     assert_eq!(s.mock.received().len(), 2);
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        metric(&m, r#"tollgate_retries_total{kind="same_backend",route="main"}"#),
+        Some(1.0)
+    );
 }
 
 #[tokio::test]

@@ -82,6 +82,14 @@ pub struct Metrics {
     in_flight: IntGauge,
     reloads: IntCounterVec,
     mirror: MirrorMetrics,
+    routing: RoutingMetrics,
+}
+
+/// What the router decided and how often it had to try again.
+struct RoutingMetrics {
+    decisions: IntCounterVec,
+    retries: IntCounterVec,
+    circuit: IntGaugeVec,
 }
 
 /// Requests a route mirrors: the primary's and the shadow's outcome on the
@@ -209,6 +217,32 @@ impl Metrics {
             )
             .expect("valid metric"),
         };
+        let routing = RoutingMetrics {
+            decisions: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_route_decisions_total",
+                    "Requests answered, by the route that matched (direct: none) and the backend that served",
+                ),
+                &["route", "model", "provider"],
+            )
+            .expect("valid metric"),
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_retries_total",
+                    "Attempts after the first, by route and kind (fallback: the next backend; same_backend: the same one again)",
+                ),
+                &["route", "kind"],
+            )
+            .expect("valid metric"),
+            circuit: IntGaugeVec::new(
+                Opts::new(
+                    "tollgate_circuit_state",
+                    "Each backend's circuit breaker: 0 closed, 1 half-open (probing), 2 open",
+                ),
+                &["model", "provider"],
+            )
+            .expect("valid metric"),
+        };
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tollgate_upstream_errors_total",
@@ -242,6 +276,9 @@ impl Metrics {
             Box::new(mirror.duration.clone()),
             Box::new(mirror.tokens.clone()),
             Box::new(mirror.skipped.clone()),
+            Box::new(routing.decisions.clone()),
+            Box::new(routing.retries.clone()),
+            Box::new(routing.circuit.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(build),
@@ -259,7 +296,26 @@ impl Metrics {
             in_flight,
             reloads,
             mirror,
+            routing,
         }
+    }
+
+    /// A backend served a request for `route`.
+    pub fn route_decision(&self, route: &str, model: &str, provider: &str) {
+        self.routing
+            .decisions
+            .with_label_values(&[route, model, provider])
+            .inc();
+    }
+
+    /// Another attempt: `fallback` or `same_backend`.
+    pub fn retry(&self, route: &str, kind: &str) {
+        self.routing.retries.with_label_values(&[route, kind]).inc();
+    }
+
+    /// A backend's circuit state, set when metrics are scraped.
+    pub fn circuit_state(&self, model: &str, provider: &str, state: i64) {
+        self.routing.circuit.with_label_values(&[model, provider]).set(state);
     }
 
     /// Records one side of a mirrored request.

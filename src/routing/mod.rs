@@ -368,6 +368,12 @@ impl Router {
         })
     }
 
+    /// Every configured and discovered backend.
+    pub fn backends(&self) -> Vec<Arc<Backend>> {
+        let discovered = self.discovered.load();
+        self.backends.iter().chain(discovered.iter()).cloned().collect()
+    }
+
     /// Whether `refresh` has anything to do.
     pub fn discovers(&self) -> bool {
         !self.discoverers.is_empty()

@@ -26,6 +26,17 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    // Circuit states are read when scraped: they change by the passing of time too.
+    let now = tokio::time::Instant::now();
+    for b in gw.router.load().backends() {
+        let state = match b.health.circuit(now) {
+            crate::routing::health::Circuit::Closed => 0,
+            crate::routing::health::Circuit::HalfOpen => 1,
+            crate::routing::health::Circuit::Open { until } if until <= now => 1,
+            crate::routing::health::Circuit::Open { .. } => 2,
+        };
+        gw.metrics.circuit_state(&b.model, &b.provider_name, state);
+    }
     let mut resp = Response::new(gw.metrics.render().into());
     resp.headers_mut().insert(
         CONTENT_TYPE,

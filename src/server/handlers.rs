@@ -207,6 +207,10 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 continue 'backends;
             }
             tries += 1;
+            if tries > 1 {
+                let kind = if again > 0 { "same_backend" } else { "fallback" };
+                gw.metrics.retry(&decision.route, kind);
+            }
             meter.resolved(backend);
             let last = i + 1 == attempts && again == retry.same_backend;
             let Some(req) = (if last { parsed.take() } else { parsed.clone() }) else {
@@ -241,6 +245,8 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
             match reply {
                 Reply::Complete { body, usage } => {
                     backend.health.success(began.elapsed());
+                    gw.metrics
+                        .route_decision(&decision.route, &backend.model, &backend.provider_name);
                     meter.finish(200);
                     let estimated = usage.is_some_and(|u| u.estimated);
                     if let Some(u) = usage {
@@ -281,6 +287,8 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                         }
                     };
                     backend.health.success(began.elapsed());
+                    gw.metrics
+                        .route_decision(&decision.route, &backend.model, &backend.provider_name);
                     let relay = SseRelay::new(first, events, forward_usage, deadline, meter, request_id);
                     let mut resp = Response::new(Body::new(relay));
                     let h = resp.headers_mut();
