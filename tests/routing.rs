@@ -511,3 +511,30 @@ async fn a_mirror_copies_requests_off_the_clients_path_and_meters_both_sides() {
         "50% expected, {mirrored} of 100 mirrored"
     );
 }
+
+#[tokio::test]
+async fn answers_carry_their_cost_and_metrics_add_it_up_exactly() {
+    let s = setup("  []\n", "").await;
+    // up-model costs $10 in and $30 out per million; no separate cached price.
+    let answer = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "up-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100, "prompt_tokens_details": {"cached_tokens": 200}}});
+    for _ in 0..3 {
+        s.mock.push(Script::json(200, answer.clone()));
+        let resp = s.gw.post("/v1/chat/completions", &chat("up", "hi")).await;
+        assert_eq!(resp.status(), 200);
+        // 1 000 × 10 + 100 × 30 = 13 000 micro-dollars.
+        assert_eq!(header(&resp, "x-tollgate-cost-usd"), "0.013");
+    }
+    let m = s.gw.metrics().await;
+    assert_eq!(
+        metric(&m, r#"tollgate_cost_usd_total{model="up",provider="mock"}"#),
+        Some(0.039),
+        "{m}"
+    );
+    // A model the catalog does not price has no cost header.
+    let yaml = "providers:\n  sim: { kind: simulated }\nmodels:\n  - { name: unpriced, provider: sim }\n";
+    let gw = TestGateway::start(yaml, &[]).await;
+    let resp = gw.post("/v1/chat/completions", &chat("unpriced", "hi")).await;
+    assert!(resp.headers().get("x-tollgate-cost-usd").is_none());
+}

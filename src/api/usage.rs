@@ -17,6 +17,27 @@ pub struct Usage {
     pub completion_tokens: u64,
     #[serde(default, deserialize_with = "lenient_count")]
     pub total_tokens: u64,
+    /// Prompt tokens read from the provider's cache (among `prompt_tokens`):
+    /// OpenAI's `prompt_tokens_details.cached_tokens`. Sent to clients by each
+    /// translation in OpenAI's shape, not from here.
+    #[serde(
+        default,
+        rename = "prompt_tokens_details",
+        skip_serializing,
+        deserialize_with = "cached_tokens"
+    )]
+    pub cached_tokens: u64,
+    /// Prompt tokens written to the provider's cache (Anthropic), among `prompt_tokens`.
+    #[serde(skip)]
+    pub cache_write_tokens: u64,
+    /// Completion tokens spent reasoning (among `completion_tokens`).
+    #[serde(
+        default,
+        rename = "completion_tokens_details",
+        skip_serializing,
+        deserialize_with = "reasoning_tokens"
+    )]
+    pub reasoning_tokens: u64,
     /// Counted by tollgate because the upstream reported none; never sent to clients.
     #[serde(skip)]
     pub estimated: bool,
@@ -62,8 +83,7 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
-            estimated: false,
-            reported_time: ReportedTime::default(),
+            ..Usage::default()
         }
     }
 
@@ -117,6 +137,67 @@ pub(crate) fn lenient_count<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::E
         }
     }
     d.deserialize_any(Count)
+}
+
+/// One count inside a `*_tokens_details` object, read leniently: any other
+/// shape (null, a number, a list) is no count.
+struct DetailCount(&'static str);
+
+impl<'de> Visitor<'de> for DetailCount {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a token details object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
+        let mut found = 0;
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == self.0 {
+                struct Count(u64);
+                impl<'de> Deserialize<'de> for Count {
+                    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                        lenient_count(d).map(Count)
+                    }
+                }
+                found = map.next_value::<Count>()?.0;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<u64, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(0)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
+        Ok(0)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<u64, E> {
+        Ok(0)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<u64, E> {
+        Ok(0)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<u64, E> {
+        Ok(0)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<u64, E> {
+        Ok(0)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<u64, E> {
+        Ok(0)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<u64, E> {
+        Ok(0)
+    }
+}
+
+fn cached_tokens<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    d.deserialize_any(DetailCount("cached_tokens"))
+}
+
+fn reasoning_tokens<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    d.deserialize_any(DetailCount("reasoning_tokens"))
 }
 
 /// The `usage` of a complete answer, read without parsing the rest of it.
@@ -199,6 +280,19 @@ mod tests {
     }
 
     #[test]
+    fn cached_and_reasoning_tokens_are_read_from_their_details() {
+        let u = find_usage(br#"{"id":"x","usage":{"prompt_tokens":100,"completion_tokens":20,"total_tokens":120,"prompt_tokens_details":{"cached_tokens":64,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":12}}}"#).unwrap();
+        assert_eq!((u.cached_tokens, u.reasoning_tokens), (64, 12));
+        let u = find_usage(
+            br#"{"usage":{"prompt_tokens":1,"prompt_tokens_details":null,"completion_tokens_details":"n/a"}}"#,
+        )
+        .unwrap();
+        assert_eq!((u.prompt_tokens, u.cached_tokens, u.reasoning_tokens), (1, 0, 0));
+        // Never echoed: each translation writes OpenAI's details itself.
+        assert!(!serde_json::to_string(&u).unwrap().contains("details"));
+    }
+
+    #[test]
     fn odd_usage_shapes_read_leniently() {
         let u: UsageOnly =
             serde_json::from_str(r#"{"usage":{"prompt_tokens":3,"completion_tokens":null,"total_tokens":4.0}}"#)
@@ -225,6 +319,7 @@ mod tests {
                 prompt_tokens: 7,
                 completion_tokens: 0,
                 total_tokens: 0,
+                cached_tokens: 3,
                 ..Usage::default()
             })
         );

@@ -9,6 +9,8 @@ use prometheus::{
 
 use crate::api::Usage;
 use crate::api::usage::ReportedTime;
+use crate::metering::cost::Pico;
+use crate::metering::exact::{ExactCounter, ExactCounterVec};
 
 /// The proxy endpoints, as metric labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,9 +42,14 @@ pub struct Series {
     completion_tokens: prometheus::IntCounter,
     /// By phase, in `ReportedTime::phases` order.
     reported: [prometheus::Counter; 4],
+    cost: ExactCounter,
 }
 
 impl Series {
+    pub fn cost(&self, pico: Pico) {
+        self.cost.add(pico);
+    }
+
     pub fn success(&self, elapsed: Duration) {
         self.ok.inc();
         self.duration.observe(elapsed.as_secs_f64());
@@ -83,6 +90,7 @@ pub struct Metrics {
     reloads: IntCounterVec,
     mirror: MirrorMetrics,
     routing: RoutingMetrics,
+    cost: ExactCounterVec,
 }
 
 /// What the router decided and how often it had to try again.
@@ -243,6 +251,11 @@ impl Metrics {
             )
             .expect("valid metric"),
         };
+        let cost = ExactCounterVec::new(
+            "tollgate_cost_usd_total",
+            "What requests cost in USD at the catalog's prices, by model and provider (summed exactly in pico-dollars)",
+            &["model", "provider"],
+        );
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tollgate_upstream_errors_total",
@@ -279,6 +292,7 @@ impl Metrics {
             Box::new(routing.decisions.clone()),
             Box::new(routing.retries.clone()),
             Box::new(routing.circuit.clone()),
+            Box::new(cost.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(build),
@@ -297,7 +311,13 @@ impl Metrics {
             reloads,
             mirror,
             routing,
+            cost,
         }
+    }
+
+    /// A request's cost, on the slow path (labels hashed).
+    pub fn cost(&self, labels: Labels<'_>, pico: Pico) {
+        self.cost.with(&[labels.model, labels.provider]).add(pico);
     }
 
     /// A backend served a request for `route`.
@@ -367,6 +387,7 @@ impl Metrics {
             reported: ReportedTime::default()
                 .phases()
                 .map(|(phase, _)| self.reported.with_label_values(&[model, provider, phase])),
+            cost: self.cost.with(&[model, provider]),
         }
     }
 

@@ -1,7 +1,9 @@
 //! Metering: Prometheus metrics now; usage ledger, prices and tokenizer
 //! fallback arrive with the metering work.
 
+pub mod cost;
 pub mod estimate;
+pub mod exact;
 pub mod metrics;
 
 pub use metrics::{Endpoint, Labels, Metrics, Series};

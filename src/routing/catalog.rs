@@ -22,6 +22,9 @@ pub struct Price {
     pub cached_input: Option<f64>,
     #[serde(default)]
     pub cache_write: Option<f64>,
+    /// USD per request, on top of the tokens.
+    #[serde(default)]
+    pub per_request: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

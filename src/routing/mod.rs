@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::api::{ApiError, ErrorKind};
 use crate::config::Config;
 use crate::config::schema::StrategyName;
+use crate::metering::cost::Pricing;
 use crate::metering::{Endpoint, Labels, Metrics, Series};
 use crate::providers::{self, Provider};
 use catalog::{Capability, Catalog, Hosting, ModelInfo};
@@ -53,6 +54,8 @@ pub struct Backend {
     pub series: [Arc<Series>; 3],
     /// What the catalog says of it, if it knows the model.
     pub info: Option<ModelInfo>,
+    /// Its prices, from the catalog, for metering.
+    pub pricing: Option<Pricing>,
     pub health: Arc<Health>,
     /// The provider's key variable is unset: routes skip it rather than fail on it.
     pub missing_key: bool,
@@ -81,6 +84,7 @@ fn backend(
             };
             Arc::new(metrics.series(labels))
         }),
+        pricing: info.as_ref().and_then(Pricing::of),
         info,
         health: Arc::new(Health::default()),
         missing_key: false,

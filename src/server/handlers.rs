@@ -252,8 +252,15 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                     if let Some(u) = usage {
                         meter.usage(u);
                     }
+                    let cost = meter.cost();
                     let mut resp = respond::json(StatusCode::OK, body);
                     served.stamp(resp.headers_mut());
+                    if let Some(pico) = cost
+                        && let Ok(v) = HeaderValue::from_str(&crate::metering::cost::usd_text(pico))
+                    {
+                        // At the catalog's prices; metering records the same figure.
+                        resp.headers_mut().insert("x-tollgate-cost-usd", v);
+                    }
                     if estimated {
                         // The upstream reported no usage: the counts in the body are tollgate's estimate.
                         resp.headers_mut()

@@ -8,6 +8,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::api::Usage;
+use crate::metering::cost::{Pico, Pricing};
 use crate::metering::metrics::{InFlight, MirrorSide};
 use crate::metering::{Endpoint, Labels, Metrics, Series};
 use crate::routing::Backend;
@@ -17,6 +18,9 @@ pub struct RequestMeter {
     endpoint: Endpoint,
     /// Model and provider names, and their series, once the model is resolved.
     backend: Option<(Arc<str>, Arc<str>, Arc<Series>)>,
+    pricing: Option<Pricing>,
+    /// The cost of `usage`, fixed when the usage arrives.
+    cost: Option<Pico>,
     started: Instant,
     usage: Option<Usage>,
     first_token_seen: bool,
@@ -36,6 +40,8 @@ impl RequestMeter {
             metrics,
             endpoint,
             backend: None,
+            pricing: None,
+            cost: None,
             started: Instant::now(),
             usage: None,
             first_token_seen: false,
@@ -54,6 +60,7 @@ impl RequestMeter {
     pub fn resolved(&mut self, backend: &Backend) {
         let series = backend.series[self.endpoint as usize].clone();
         self.backend = Some((backend.model.clone(), backend.provider_name.clone(), series));
+        self.pricing = backend.pricing;
     }
 
     fn labels(&self) -> Labels<'_> {
@@ -69,8 +76,16 @@ impl RequestMeter {
         self.labels().provider
     }
 
+    /// The request's usage; its cost is computed now, at the catalog's prices
+    /// (a self-hosted model's busy time is the time so far).
     pub fn usage(&mut self, usage: Usage) {
+        self.cost = self.pricing.map(|p| p.cost(&usage, self.started.elapsed()));
         self.usage = Some(usage);
+    }
+
+    /// What the request cost, once its usage is known and its model priced.
+    pub fn cost(&self) -> Option<Pico> {
+        self.cost
     }
 
     /// The first chunk that carries content: time to first token.
@@ -121,6 +136,9 @@ impl Drop for RequestMeter {
             series.success(elapsed);
             if let Some(usage) = &self.usage {
                 series.usage(usage);
+                if let Some(pico) = self.cost {
+                    series.cost(pico);
+                }
             }
             return;
         }
@@ -128,6 +146,9 @@ impl Drop for RequestMeter {
         self.metrics.request(labels, status, elapsed);
         if let Some(usage) = &self.usage {
             self.metrics.usage(labels, usage);
+            if let Some(pico) = self.cost {
+                self.metrics.cost(labels, pico);
+            }
         }
     }
 }

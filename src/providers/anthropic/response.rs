@@ -48,6 +48,8 @@ impl AnthropicUsage {
         let completion = self.output_tokens.unwrap_or(0);
         Usage {
             total_tokens: prompt.saturating_add(completion),
+            cached_tokens: self.cache_read_input_tokens.unwrap_or(0),
+            cache_write_tokens: self.cache_creation_input_tokens.unwrap_or(0),
             ..Usage::new(prompt, completion)
         }
     }
@@ -337,7 +339,14 @@ mod tests {
         let raw = br#"{"type":"message","id":"m","model":"c","content":[],"stop_reason":"max_tokens","usage":{"input_tokens":10,"cache_read_input_tokens":100,"cache_creation_input_tokens":5,"output_tokens":7}}"#;
         let (body, usage) = to_chat_completion(raw).unwrap();
         let v: Value = serde_json::from_slice(&body).unwrap();
-        assert_eq!(usage, Usage::new(115, 7));
+        assert_eq!(
+            usage,
+            Usage {
+                cached_tokens: 100,
+                cache_write_tokens: 5,
+                ..Usage::new(115, 7)
+            }
+        );
         assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 100);
         assert_eq!(v["choices"][0]["finish_reason"], "length");
         assert_eq!(

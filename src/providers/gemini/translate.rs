@@ -228,7 +228,13 @@ fn count(v: &Value, key: &str) -> u64 {
 fn usage(meta: &Value) -> (Usage, u64) {
     let prompt = count(meta, "promptTokenCount").saturating_add(count(meta, "toolUsePromptTokenCount"));
     let completion = count(meta, "candidatesTokenCount").saturating_add(count(meta, "thoughtsTokenCount"));
-    (Usage::new(prompt, completion), count(meta, "cachedContentTokenCount"))
+    let cached = count(meta, "cachedContentTokenCount");
+    let usage = Usage {
+        cached_tokens: cached,
+        reasoning_tokens: count(meta, "thoughtsTokenCount"),
+        ..Usage::new(prompt, completion)
+    };
+    (usage, cached)
 }
 
 fn usage_json(meta: &Value) -> Value {
@@ -515,7 +521,11 @@ mod tests {
             v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
             "get_weather"
         );
-        assert_eq!(usage, Usage::new(58, 15 + 48), "thinking tokens are completion tokens");
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens),
+            (58, 15 + 48, 48),
+            "thinking tokens are completion tokens"
+        );
 
         let raw = include_str!("../../../tests/fixtures/gemini/stream.sse");
         let mut t = StreamTranslator::new();
