@@ -538,3 +538,94 @@ async fn answers_carry_their_cost_and_metrics_add_it_up_exactly() {
     let resp = gw.post("/v1/chat/completions", &chat("unpriced", "hi")).await;
     assert!(resp.headers().get("x-tollgate-cost-usd").is_none());
 }
+
+#[tokio::test]
+async fn a_known_workload_gives_exact_metrics_and_histogram_counts() {
+    let s = setup("  []\n", "").await;
+    let answer = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "up-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}});
+    for _ in 0..3 {
+        s.mock.push(Script::json(200, answer.clone()));
+        assert_eq!(s.gw.post("/v1/chat/completions", &chat("up", "hi")).await.status(), 200);
+    }
+    s.mock.push(Script::json(500, json!({"error": {"message": "boom"}})));
+    assert_eq!(s.gw.post("/v1/chat/completions", &chat("up", "hi")).await.status(), 500);
+    for _ in 0..2 {
+        let mut body = chat("cheap", "hi");
+        body["stream"] = json!(true);
+        let text = s.gw.post("/v1/chat/completions", &body).await.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"));
+    }
+    let m = s.gw.metrics().await;
+    let get = |series: &str| metric(&m, series).unwrap_or_else(|| panic!("{series} missing:\n{m}"));
+    let up = r#"gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="up""#;
+    let cheap =
+        r#"gen_ai_operation_name="chat",gen_ai_provider_name="tollgate.simulated",gen_ai_request_model="cheap""#;
+    assert_eq!(
+        get(&format!(
+            r#"gen_ai_client_operation_duration_seconds_count{{error_type="",{up}}}"#
+        )),
+        3.0
+    );
+    assert_eq!(
+        get(&format!(
+            r#"gen_ai_client_operation_duration_seconds_count{{error_type="500",{up}}}"#
+        )),
+        1.0
+    );
+    assert_eq!(
+        get(&format!(
+            r#"gen_ai_client_token_usage_count{{{up},gen_ai_token_type="input"}}"#
+        )),
+        3.0
+    );
+    assert_eq!(
+        get(&format!(
+            r#"gen_ai_client_token_usage_sum{{{up},gen_ai_token_type="input"}}"#
+        )),
+        3000.0
+    );
+    assert_eq!(
+        get(&format!(
+            r#"gen_ai_client_token_usage_sum{{{up},gen_ai_token_type="output"}}"#
+        )),
+        300.0
+    );
+    assert_eq!(
+        get(&format!(
+            r#"gen_ai_server_time_to_first_token_seconds_count{{{cheap}}}"#
+        )),
+        2.0
+    );
+    assert_eq!(
+        get(&format!(
+            r#"gen_ai_server_time_per_output_token_seconds_count{{{cheap}}}"#
+        )),
+        2.0
+    );
+    assert_eq!(
+        get(&format!(
+            r#"gen_ai_client_token_usage_sum{{{cheap},gen_ai_token_type="output"}}"#
+        )),
+        6.0
+    );
+    // 3 × (1 000 × $10 + 100 × $30) per million.
+    assert_eq!(get(r#"tollgate_cost_usd_total{model="up",provider="mock"}"#), 0.039);
+    assert_eq!(
+        get(r#"tollgate_tokens_total{model="up",provider="mock",type="prompt"}"#),
+        3000.0
+    );
+    assert_eq!(
+        get(r#"tollgate_requests_total{endpoint="chat",model="up",provider="mock",status="200"}"#),
+        3.0
+    );
+    assert_eq!(
+        get(r#"tollgate_requests_total{endpoint="chat",model="up",provider="mock",status="500"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"tollgate_request_duration_seconds_count{endpoint="chat",model="cheap",provider="sim"}"#),
+        2.0
+    );
+}

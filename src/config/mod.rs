@@ -84,6 +84,19 @@ pub enum ProviderKind {
 }
 
 impl ProviderKind {
+    /// OpenTelemetry's `gen_ai.provider.name` for this kind of upstream.
+    pub fn system(&self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi(_) => "openai",
+            ProviderKind::Azure { .. } => "azure.ai.openai",
+            ProviderKind::Anthropic { .. } => "anthropic",
+            ProviderKind::Ollama { .. } => "ollama",
+            ProviderKind::Gemini(_) => "gcp.gemini",
+            ProviderKind::HuggingFace { .. } => "huggingface",
+            ProviderKind::Simulated(_) => "tollgate.simulated",
+        }
+    }
+
     /// Whether the upstream's own model list is discovered at run time.
     pub fn discovers_models(&self) -> bool {
         matches!(

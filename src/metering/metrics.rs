@@ -43,6 +43,46 @@ pub struct Series {
     /// By phase, in `ReportedTime::phases` order.
     reported: [prometheus::Counter; 4],
     cost: ExactCounter,
+    gen_ai: GenAiSeries,
+}
+
+/// The OpenTelemetry GenAI histograms of one backend and endpoint.
+struct GenAiSeries {
+    input_tokens: prometheus::Histogram,
+    output_tokens: prometheus::Histogram,
+    duration: prometheus::Histogram,
+    ttft: prometheus::Histogram,
+    per_output_token: prometheus::Histogram,
+}
+
+/// OpenTelemetry's GenAI metrics, with the semantic conventions' bucket
+/// boundaries and attribute names in Prometheus form.
+struct GenAi {
+    tokens: HistogramVec,
+    duration: HistogramVec,
+    ttft: HistogramVec,
+    per_output_token: HistogramVec,
+}
+
+const TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+    67108864.0,
+];
+const OPERATION_BUCKETS: [f64; 14] = [
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+const TTFT_BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+const TPOT_BUCKETS: [f64; 13] = [0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5];
+
+/// `gen_ai.operation.name` of an endpoint.
+fn operation(endpoint: &str) -> &'static str {
+    match endpoint {
+        "completions" => "text_completion",
+        "embeddings" => "embeddings",
+        _ => "chat",
+    }
 }
 
 impl Series {
@@ -57,6 +97,21 @@ impl Series {
 
     pub fn first_token(&self, elapsed: Duration) {
         self.ttft.observe(elapsed.as_secs_f64());
+        self.gen_ai.ttft.observe(elapsed.as_secs_f64());
+    }
+
+    /// A successful operation in OpenTelemetry's terms: its duration, its
+    /// tokens and, for a stream, the time per output token after the first.
+    pub fn gen_ai(&self, elapsed: Duration, usage: Option<&Usage>, ttft: Option<Duration>) {
+        let g = &self.gen_ai;
+        g.duration.observe(elapsed.as_secs_f64());
+        let Some(u) = usage else { return };
+        g.input_tokens.observe(u.prompt_tokens as f64);
+        g.output_tokens.observe(u.completion_tokens as f64);
+        if let Some(first) = ttft.filter(|_| u.completion_tokens > 1) {
+            let after = elapsed.saturating_sub(first).as_secs_f64();
+            g.per_output_token.observe(after / (u.completion_tokens - 1) as f64);
+        }
     }
 
     pub fn usage(&self, usage: &Usage) {
@@ -91,6 +146,7 @@ pub struct Metrics {
     mirror: MirrorMetrics,
     routing: RoutingMetrics,
     cost: ExactCounterVec,
+    gen_ai: GenAi,
 }
 
 /// What the router decided and how often it had to try again.
@@ -256,6 +312,49 @@ impl Metrics {
             "What requests cost in USD at the catalog's prices, by model and provider (summed exactly in pico-dollars)",
             &["model", "provider"],
         );
+        let gen_ai_labels = ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model"];
+        let gen_ai = GenAi {
+            tokens: HistogramVec::new(
+                HistogramOpts::new("gen_ai_client_token_usage", "Number of input and output tokens used (OpenTelemetry GenAI)")
+                    .buckets(TOKEN_BUCKETS.to_vec()),
+                &[
+                    "gen_ai_operation_name",
+                    "gen_ai_provider_name",
+                    "gen_ai_request_model",
+                    "gen_ai_token_type",
+                ],
+            )
+            .expect("valid metric"),
+            duration: HistogramVec::new(
+                HistogramOpts::new("gen_ai_client_operation_duration_seconds", "GenAI operation duration (OpenTelemetry GenAI)")
+                    .buckets(OPERATION_BUCKETS.to_vec()),
+                &[
+                    "gen_ai_operation_name",
+                    "gen_ai_provider_name",
+                    "gen_ai_request_model",
+                    "error_type",
+                ],
+            )
+            .expect("valid metric"),
+            ttft: HistogramVec::new(
+                HistogramOpts::new(
+                    "gen_ai_server_time_to_first_token_seconds",
+                    "Time to generate the first token for successful responses (OpenTelemetry GenAI)",
+                )
+                .buckets(TTFT_BUCKETS.to_vec()),
+                &gen_ai_labels,
+            )
+            .expect("valid metric"),
+            per_output_token: HistogramVec::new(
+                HistogramOpts::new(
+                    "gen_ai_server_time_per_output_token_seconds",
+                    "Time per output token generated after the first token for successful responses (OpenTelemetry GenAI)",
+                )
+                .buckets(TPOT_BUCKETS.to_vec()),
+                &gen_ai_labels,
+            )
+            .expect("valid metric"),
+        };
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tollgate_upstream_errors_total",
@@ -293,6 +392,10 @@ impl Metrics {
             Box::new(routing.retries.clone()),
             Box::new(routing.circuit.clone()),
             Box::new(cost.clone()),
+            Box::new(gen_ai.tokens.clone()),
+            Box::new(gen_ai.duration.clone()),
+            Box::new(gen_ai.ttft.clone()),
+            Box::new(gen_ai.per_output_token.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(build),
@@ -312,7 +415,16 @@ impl Metrics {
             mirror,
             routing,
             cost,
+            gen_ai,
         }
+    }
+
+    /// A failed operation in OpenTelemetry's terms: its duration, with `error_type`.
+    pub fn gen_ai_failure(&self, labels: Labels<'_>, system: &str, error_type: &str, elapsed: Duration) {
+        self.gen_ai
+            .duration
+            .with_label_values(&[operation(labels.endpoint), system, labels.model, error_type])
+            .observe(elapsed.as_secs_f64());
     }
 
     /// A request's cost, on the slow path (labels hashed).
@@ -372,13 +484,23 @@ impl Metrics {
             .inc();
     }
 
-    pub fn series(&self, labels: Labels<'_>) -> Series {
+    /// `system` is the provider's `gen_ai.provider.name` (openai, anthropic, gcp.gemini...).
+    pub fn series(&self, labels: Labels<'_>, system: &str) -> Series {
         let Labels {
             endpoint,
             model,
             provider,
         } = labels;
+        let op = operation(endpoint);
+        let g = &self.gen_ai;
         Series {
+            gen_ai: GenAiSeries {
+                input_tokens: g.tokens.with_label_values(&[op, system, model, "input"]),
+                output_tokens: g.tokens.with_label_values(&[op, system, model, "output"]),
+                duration: g.duration.with_label_values(&[op, system, model, ""]),
+                ttft: g.ttft.with_label_values(&[op, system, model]),
+                per_output_token: g.per_output_token.with_label_values(&[op, system, model]),
+            },
             ok: self.requests.with_label_values(&[endpoint, model, provider, "200"]),
             duration: self.duration.with_label_values(&[endpoint, model, provider]),
             ttft: self.ttft.with_label_values(&[endpoint, model, provider]),

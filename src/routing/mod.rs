@@ -59,21 +59,26 @@ pub struct Backend {
     pub health: Arc<Health>,
     /// The provider's key variable is unset: routes skip it rather than fail on it.
     pub missing_key: bool,
+    /// OpenTelemetry's `gen_ai.provider.name` of its provider.
+    pub system: &'static str,
 }
 
-fn backend(
-    model: &str,
-    upstream_model: &str,
-    provider_name: &str,
-    provider: Arc<dyn Provider>,
-    info: Option<ModelInfo>,
-    metrics: &Metrics,
-) -> Backend {
+/// A provider as backends refer to it: its name, adapter and GenAI system name.
+#[derive(Clone)]
+struct ProviderRef {
+    name: Arc<str>,
+    adapter: Arc<dyn Provider>,
+    system: &'static str,
+}
+
+fn backend(model: &str, upstream_model: &str, p: &ProviderRef, info: Option<ModelInfo>, metrics: &Metrics) -> Backend {
+    let provider_name = &*p.name;
     Backend {
         model: model.into(),
         upstream_model: upstream_model.into(),
-        provider_name: provider_name.into(),
-        provider,
+        provider_name: p.name.clone(),
+        provider: p.adapter.clone(),
+        system: p.system,
         header: HeaderValue::from_str(&format!("{provider_name}/{model}"))
             .unwrap_or(HeaderValue::from_static("unknown")),
         series: Endpoint::ALL.map(|endpoint| {
@@ -82,7 +87,7 @@ fn backend(
                 model,
                 provider: provider_name,
             };
-            Arc::new(metrics.series(labels))
+            Arc::new(metrics.series(labels, p.system))
         }),
         pricing: info.as_ref().and_then(Pricing::of),
         info,
@@ -176,8 +181,7 @@ impl Decision {
 
 /// A provider whose models are discovered at run time.
 struct Discoverer {
-    name: Arc<str>,
-    provider: Arc<dyn Provider>,
+    provider: ProviderRef,
 }
 
 pub struct Router {
@@ -199,10 +203,17 @@ impl Router {
     /// backends that remain (same name, provider and upstream model) keep
     /// their health: measured latency, circuit and cooldown.
     pub fn from_config(config: &Config, metrics: &Arc<Metrics>, previous: Option<&Router>) -> Self {
-        let providers: HashMap<&str, Arc<dyn Provider>> = config
+        let providers: HashMap<&str, ProviderRef> = config
             .providers
             .iter()
-            .map(|p| (p.name.as_str(), providers::build(p)))
+            .map(|p| {
+                let r = ProviderRef {
+                    name: p.name.as_str().into(),
+                    adapter: providers::build(p),
+                    system: p.kind.system(),
+                };
+                (p.name.as_str(), r)
+            })
             .collect();
         // Validated at load: the built-in catalog parses, and so does the operator's.
         let catalog = Catalog::load(config.catalog_text.as_deref()).unwrap_or_default();
@@ -216,7 +227,7 @@ impl Router {
             };
             let index = backends.len();
             let info = catalog.get(&m.catalog).or_else(|| catalog.get(&m.name)).cloned();
-            let mut b = backend(&m.name, &m.upstream_model, &m.provider, provider.clone(), info, metrics);
+            let mut b = backend(&m.name, &m.upstream_model, provider, info, metrics);
             b.missing_key = without_keys.contains(&m.provider.as_str());
             if let Some(kept) = previous.and_then(|p| p.same_backend(&b)) {
                 b.health = kept.health.clone();
@@ -238,7 +249,6 @@ impl Router {
             .filter(|p| p.kind.discovers_models())
             .filter_map(|p| {
                 Some(Discoverer {
-                    name: p.name.as_str().into(),
                     provider: providers.get(p.name.as_str())?.clone(),
                 })
             })
@@ -391,22 +401,24 @@ impl Router {
         let old = self.discovered.load_full();
         let mut next: Vec<Arc<Backend>> = Vec::new();
         for d in &self.discoverers {
-            match d.provider.discover_models().await {
+            match d.provider.adapter.discover_models().await {
                 Ok(names) => {
                     for name in names {
                         if self.by_name.contains_key(&name) || next.iter().any(|b| *b.model == *name) {
                             continue;
                         }
-                        let known = old.iter().find(|b| *b.model == *name && b.provider_name == d.name);
+                        let known = old
+                            .iter()
+                            .find(|b| *b.model == *name && b.provider_name == d.provider.name);
                         next.push(known.cloned().unwrap_or_else(|| {
                             let info = self.catalog.get(&name).cloned();
-                            Arc::new(backend(&name, &name, &d.name, d.provider.clone(), info, &self.metrics))
+                            Arc::new(backend(&name, &name, &d.provider, info, &self.metrics))
                         }));
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(provider = %d.name, error = %e, "model discovery failed; keeping the last list");
-                    next.extend(old.iter().filter(|b| b.provider_name == d.name).cloned());
+                    tracing::warn!(provider = %d.provider.name, error = %e, "model discovery failed; keeping the last list");
+                    next.extend(old.iter().filter(|b| b.provider_name == d.provider.name).cloned());
                 }
             }
         }

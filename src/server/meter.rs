@@ -19,6 +19,10 @@ pub struct RequestMeter {
     /// Model and provider names, and their series, once the model is resolved.
     backend: Option<(Arc<str>, Arc<str>, Arc<Series>)>,
     pricing: Option<Pricing>,
+    /// The backend's `gen_ai.provider.name`, once resolved.
+    system: &'static str,
+    /// Time to the first content chunk, for the time per output token.
+    ttft: Option<std::time::Duration>,
     /// The cost of `usage`, fixed when the usage arrives.
     cost: Option<Pico>,
     started: Instant,
@@ -41,6 +45,8 @@ impl RequestMeter {
             endpoint,
             backend: None,
             pricing: None,
+            system: "",
+            ttft: None,
             cost: None,
             started: Instant::now(),
             usage: None,
@@ -61,6 +67,7 @@ impl RequestMeter {
         let series = backend.series[self.endpoint as usize].clone();
         self.backend = Some((backend.model.clone(), backend.provider_name.clone(), series));
         self.pricing = backend.pricing;
+        self.system = backend.system;
     }
 
     fn labels(&self) -> Labels<'_> {
@@ -95,6 +102,7 @@ impl RequestMeter {
         }
         self.first_token_seen = true;
         let elapsed = self.started.elapsed();
+        self.ttft = Some(elapsed);
         match &self.backend {
             Some((_, _, series)) => series.first_token(elapsed),
             None => self.metrics.first_token(self.labels(), elapsed),
@@ -134,6 +142,7 @@ impl Drop for RequestMeter {
         if let (200, Some((_, _, series))) = (status, &self.backend) {
             // The common path: handles resolved at load, no label hashing.
             series.success(elapsed);
+            series.gen_ai(elapsed, self.usage.as_ref(), self.ttft);
             if let Some(usage) = &self.usage {
                 series.usage(usage);
                 if let Some(pico) = self.cost {
@@ -144,6 +153,10 @@ impl Drop for RequestMeter {
         }
         let labels = self.labels();
         self.metrics.request(labels, status, elapsed);
+        if self.backend.is_some() {
+            self.metrics
+                .gen_ai_failure(labels, self.system, &status.to_string(), elapsed);
+        }
         if let Some(usage) = &self.usage {
             self.metrics.usage(labels, usage);
             if let Some(pico) = self.cost {
