@@ -629,3 +629,87 @@ async fn a_known_workload_gives_exact_metrics_and_histogram_counts() {
         2.0
     );
 }
+
+#[tokio::test]
+async fn a_streams_usage_chunk_carries_its_cost() {
+    let s = setup("  []\n", "").await;
+    let chunk = |delta: Value, finish: Value| {
+        json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up-model",
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+        .to_string()
+    };
+    s.mock.push(Script::Stream {
+        events: vec![
+            chunk(json!({"role": "assistant", "content": ""}), Value::Null),
+            chunk(json!({"content": "hi"}), Value::Null),
+            chunk(json!({}), json!("stop")),
+            json!({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up-model", "choices": [],
+                   "usage": {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}})
+            .to_string(),
+        ],
+        gap: Duration::ZERO,
+        done: true,
+        break_after: None,
+    });
+    let mut body = chat("up", "hi");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let text = s.gw.post("/v1/chat/completions", &body).await.text().await.unwrap();
+    let usage: Value = common::sse_data(&text)
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str::<Value>(d).unwrap())
+        .find(|v| v["usage"].is_object())
+        .expect("a usage chunk")["usage"]
+        .clone();
+    assert_eq!(usage["cost_usd"], 0.013, "{usage}");
+    assert_eq!(usage["prompt_tokens"], 1000);
+}
+
+#[tokio::test]
+async fn a_cancelled_stream_is_metered_and_costed_for_what_was_produced() {
+    let mut catalog = tempfile::NamedTempFile::new().unwrap();
+    catalog
+        .write_all(b"models:\n  slow-model:\n    sources: [test]\n    price: {input: 1.0, output: 2.0}\n")
+        .unwrap();
+    let yaml = format!(
+        "routing: {{ catalog: \"{}\" }}\nproviders:\n  slow: {{ kind: simulated, tokens_per_second: 20, completion_tokens: 200 }}\nmodels:\n  - {{ name: slow, provider: slow, catalog: slow-model }}\n",
+        catalog.path().display()
+    );
+    let gw = TestGateway::start(&yaml, &[]).await;
+    let mut body = chat("slow", "tell me a long story");
+    body["stream"] = json!(true);
+    let mut resp = gw.post("/v1/chat/completions", &body).await;
+    let mut chunks = 0;
+    while chunks < 5 {
+        if resp.chunk().await.unwrap().is_some() {
+            chunks += 1;
+        }
+    }
+    drop(resp);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_requests_total{endpoint="chat",model="slow",provider="slow",status="499"}"#
+        ),
+        Some(1.0)
+    );
+    let completion = metric(
+        &m,
+        r#"tollgate_tokens_total{model="slow",provider="slow",type="completion"}"#,
+    )
+    .unwrap();
+    assert!(
+        (1.0..200.0).contains(&completion),
+        "what was produced, not the whole answer: {completion}"
+    );
+    let prompt = metric(
+        &m,
+        r#"tollgate_tokens_total{model="slow",provider="slow",type="prompt"}"#,
+    )
+    .unwrap();
+    assert!(prompt >= 1.0, "the prompt, estimated: {prompt}");
+    assert!(metric(&m, r#"tollgate_cost_usd_total{model="slow",provider="slow"}"#).unwrap() > 0.0);
+}

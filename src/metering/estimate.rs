@@ -12,7 +12,11 @@ pub const CHARS_PER_TOKEN: usize = 4;
 
 /// The estimated token count of `text`: at least one for any non-empty text.
 pub fn tokens(text: &str) -> u64 {
-    let chars = text.chars().count();
+    tokens_of_chars(text.chars().count())
+}
+
+/// The estimated token count of that many characters.
+pub fn tokens_of_chars(chars: usize) -> u64 {
     chars.div_ceil(CHARS_PER_TOKEN) as u64
 }
 

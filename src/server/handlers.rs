@@ -159,6 +159,7 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
         }
     };
     let route_header = HeaderValue::from_str(&decision.route).unwrap_or(HeaderValue::from_static("-"));
+    meter.prompt_estimate(parsed.features().input_tokens);
     let stream = parsed.is_stream();
     let forward_usage = parsed.wants_stream_usage();
     // `send` consumes the request: keep the name the client asked for.

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::api::Usage;
 use crate::metering::cost::{Pico, Pricing};
+use crate::metering::estimate;
 use crate::metering::metrics::{InFlight, MirrorSide};
 use crate::metering::{Endpoint, Labels, Metrics, Series};
 use crate::routing::Backend;
@@ -23,6 +24,10 @@ pub struct RequestMeter {
     system: &'static str,
     /// Time to the first content chunk, for the time per output token.
     ttft: Option<std::time::Duration>,
+    /// Characters of generated text streamed so far, and the prompt's
+    /// estimated tokens: the estimate when a stream ends without usage.
+    streamed_chars: usize,
+    prompt_estimate: u64,
     /// The cost of `usage`, fixed when the usage arrives.
     cost: Option<Pico>,
     started: Instant,
@@ -47,6 +52,8 @@ impl RequestMeter {
             pricing: None,
             system: "",
             ttft: None,
+            streamed_chars: 0,
+            prompt_estimate: 0,
             cost: None,
             started: Instant::now(),
             usage: None,
@@ -90,6 +97,16 @@ impl RequestMeter {
         self.usage = Some(usage);
     }
 
+    /// More generated text went to the client.
+    pub fn streamed(&mut self, chars: usize) {
+        self.streamed_chars += chars;
+    }
+
+    /// The prompt's estimated tokens, for a stream that ends without usage.
+    pub fn prompt_estimate(&mut self, tokens: u64) {
+        self.prompt_estimate = tokens;
+    }
+
     /// What the request cost, once its usage is known and its model priced.
     pub fn cost(&self) -> Option<Pico> {
         self.cost
@@ -127,6 +144,11 @@ impl Drop for RequestMeter {
     fn drop(&mut self) {
         let status = self.status.unwrap_or(if std::thread::panicking() { 500 } else { 499 });
         let elapsed = self.started.elapsed();
+        if self.usage.is_none() && self.streamed_chars > 0 {
+            // Cut or cancelled midway: what was produced is metered and costed, marked estimated.
+            let completion = estimate::tokens_of_chars(self.streamed_chars);
+            self.usage(Usage::estimated(self.prompt_estimate, completion));
+        }
         if let Some(route) = &self.mirror_route {
             let labels = self.labels();
             self.metrics.mirrored(MirrorSide {

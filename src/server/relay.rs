@@ -16,6 +16,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::meter::RequestMeter;
 use crate::api::ApiError;
+use crate::metering::cost::{Pico, usd};
 use crate::providers::{EventStream, StreamEvent};
 
 pub struct SseRelay {
@@ -53,12 +54,16 @@ impl SseRelay {
     fn write_event(&mut self, out: &mut BytesMut, event: StreamEvent) {
         if event.has_content {
             self.meter.first_token();
+            self.meter.streamed(generated_chars(&event.data));
         }
         if let Some(u) = event.usage {
             self.meter.usage(u);
         }
         if !event.usage_only || self.forward_usage {
-            put_sse_data(out, &event.data);
+            match self.meter.cost().filter(|_| event.usage_only) {
+                Some(pico) => put_sse_data(out, &with_cost(&event.data, pico)),
+                None => put_sse_data(out, &event.data),
+            }
         }
     }
 
@@ -70,6 +75,57 @@ impl SseRelay {
         tracing::warn!(request_id = %self.request_id, provider = self.meter.provider(), error = %detail, "stream ended with an error");
         put_sse_data(out, &error.to_json());
     }
+}
+
+/// The final usage chunk with the request's cost added as `usage.cost_usd`
+/// (parsed once per stream: only the usage chunk).
+fn with_cost(data: &Bytes, pico: Pico) -> Bytes {
+    let Ok(mut chunk) = serde_json::from_slice::<serde_json::Value>(data) else {
+        return data.clone();
+    };
+    match chunk.get_mut("usage").and_then(serde_json::Value::as_object_mut) {
+        Some(usage) => {
+            usage.insert("cost_usd".into(), serde_json::json!(usd(pico)));
+            serde_json::to_vec(&chunk).map_or_else(|_| data.clone(), Bytes::from)
+        }
+        None => data.clone(),
+    }
+}
+
+/// Characters of generated text in a chunk: the string values of its
+/// `content`, `text` and `arguments` fields, read without parsing (escapes
+/// count as the characters they stand for, roughly). Counted as the stream
+/// flows, so a stream cut or cancelled midway is still metered for what was
+/// produced.
+fn generated_chars(data: &[u8]) -> usize {
+    static KEYS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> = std::sync::LazyLock::new(|| {
+        [
+            memchr::memmem::Finder::new(b"\"content\":\""),
+            memchr::memmem::Finder::new(b"\"text\":\""),
+            memchr::memmem::Finder::new(b"\"arguments\":\""),
+        ]
+    });
+    let mut chars = 0;
+    for key in KEYS.iter() {
+        for at in key.find_iter(data) {
+            let value = &data[at + key.needle().len()..];
+            let mut escaped = false;
+            for &b in value {
+                match b {
+                    _ if escaped => escaped = false,
+                    b'\\' => escaped = true,
+                    b'"' => break,
+                    // Count characters, not bytes: skip UTF-8 continuation bytes.
+                    _ if b & 0xC0 == 0x80 => continue,
+                    _ => {}
+                }
+                if !escaped {
+                    chars += 1;
+                }
+            }
+        }
+    }
+    chars
 }
 
 /// Events already waiting are sent in one write, up to this many bytes:
