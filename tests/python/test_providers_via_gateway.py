@@ -244,3 +244,24 @@ def test_upstream_error_midstream(client, model):
                 text.append(c.choices[0].delta.content or "")
     assert "".join(text) == "partial answer"
     assert not isinstance(err.value, openai.APIStatusError)
+
+
+def test_metrics_pass_promtool(gw, client):
+    """After the traffic above (every provider, streams, tools, errors), the
+    exposition passes `promtool check metrics`. .ci/run installs promtool
+    (Debian's prometheus package); elsewhere the test is skipped without it."""
+    import shutil
+    import urllib.request
+
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is missing in CI: .ci/run should have installed Debian's prometheus package")
+        pytest.skip("promtool is not installed")
+    client.chat.completions.create(model="gpt", messages=ask("hi"))
+    with urllib.request.urlopen(f"{gw.base}/metrics", timeout=10) as resp:
+        exposition = resp.read()
+    assert b"gen_ai_client_operation_duration_seconds_bucket" in exposition
+    assert b"tollgate_route_decisions_total" in exposition
+    out = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30)
+    assert out.returncode == 0, (out.stdout + out.stderr).decode()
