@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tollgate::config::{self, LogFormat};
+use tollgate::metering::ledger::Ledger;
 use tollgate::server::{self, Gateway};
 use tracing_subscriber::EnvFilter;
 
@@ -87,6 +88,9 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// How long shutdown waits for the usage ledger to write its queue.
+const LEDGER_FLUSH: std::time::Duration = std::time::Duration::from_secs(15);
+
 fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCode {
     let mut cfg = match config::load(path) {
         Ok(cfg) => cfg,
@@ -123,7 +127,18 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
             }
         };
         let addr = listener.local_addr().map_or_else(|_| cfg.server.listen.to_string(), |a| a.to_string());
-        let gateway = Arc::new(Gateway::from_config(&cfg));
+        let gateway = Gateway::from_config(&cfg);
+        let (ledger, writer) = match &cfg.ledger {
+            None => (None, None),
+            Some(settings) => match Ledger::open(settings, gateway.metrics.ledger_counters()).await {
+                Ok((ledger, writer)) => (Some(ledger), Some(writer)),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the usage ledger");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
+        let gateway = Arc::new(gateway.with_ledger(ledger));
         tokio::spawn(server::reload::watch(
             gateway.clone(),
             path.to_path_buf(),
@@ -148,7 +163,16 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
         let shutdown = async {
             let _ = drained.await;
         };
-        match server::serve(listener, gateway, shutdown).await {
+        let served = server::serve(listener, gateway, shutdown).await;
+        if let Some(writer) = writer {
+            // Every request has ended: the rows still queued are written before exit.
+            if writer.finish(LEDGER_FLUSH).await {
+                tracing::info!("usage ledger flushed");
+            } else {
+                tracing::error!("usage ledger: rows still queued after the flush deadline were lost");
+            }
+        }
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "server failed");

@@ -306,3 +306,62 @@ async fn reloads_apply_under_load_without_a_failed_request_and_bad_files_are_ref
     let logs: Vec<String> = server.logs.try_iter().collect();
     assert!(logs.iter().any(|l| l.contains("config rejected")), "{logs:?}");
 }
+
+#[tokio::test]
+async fn sigterm_in_the_middle_of_load_loses_no_ledger_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("usage.db");
+    let config = format!(
+        "auth:\n  keys: [\"${{TG_KEY}}\"]\nlogging:\n  format: json\nledger: {{ url: \"sqlite://{}\" }}\nproviders:\n  sim: {{ kind: simulated, ttft: 5ms, completion_tokens: 3 }}\nmodels:\n  - {{ name: m, provider: sim }}\n",
+        db.display()
+    );
+    let (mut server, _cfg) = start(&config);
+    let url = format!("http://{}/v1/chat/completions", server.addr);
+    let mut load = Vec::new();
+    for _ in 0..8 {
+        let url = url.clone();
+        load.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut answered = 0u32;
+            loop {
+                let body = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+                match client.post(&url).bearer_auth("tg-cli-key-1").json(&body).send().await {
+                    Ok(resp) => {
+                        if resp.bytes().await.is_ok() {
+                            answered += 1;
+                        }
+                    }
+                    // The listener is gone: the gateway is shutting down.
+                    Err(_) => return answered,
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = server.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut answered = 0;
+    for task in load {
+        answered += task.await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "tollgate did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(answered > 20, "the load ran: {answered}");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let rows: i64 = sqlx::Row::get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM tollgate_usage")
+            .fetch_one(&pool)
+            .await
+            .unwrap(),
+        "n",
+    );
+    assert_eq!(rows, i64::from(answered), "every answered request has its row");
+    let logs: Vec<String> = server.logs.try_iter().collect();
+    assert!(logs.iter().any(|l| l.contains("usage ledger flushed")), "{logs:?}");
+}

@@ -36,6 +36,7 @@ pub struct Config {
     pub catalog_text: Option<String>,
     /// Validated: names unique, targets and weights name configured models.
     pub routes: Vec<schema::RouteSection>,
+    pub ledger: Option<crate::metering::ledger::LedgerSettings>,
 }
 
 #[derive(Debug, Clone)]
@@ -413,6 +414,20 @@ impl Validator<'_> {
             );
         }
         let catalog_text = self.routing(&raw);
+        let ledger = raw.ledger.as_ref().and_then(|l| {
+            let line = locate::section(self.text, "ledger");
+            let url = self.plain(&l.url, line, "ledger.url")?;
+            if !(url.starts_with("sqlite://") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                self.error(line, "ledger.url".into(), "must start with sqlite:// or postgres://");
+                return None;
+            }
+            Some(crate::metering::ledger::LedgerSettings {
+                url,
+                queue: l.queue,
+                batch: l.batch,
+                flush_interval: l.flush_interval.0,
+            })
+        });
         if self.errors.is_empty() {
             Ok(Config {
                 server: server.expect("no errors"),
@@ -425,6 +440,7 @@ impl Validator<'_> {
                 routing: raw.routing,
                 catalog_text,
                 routes: raw.routes,
+                ledger,
             })
         } else {
             Err(self.errors)

@@ -22,9 +22,38 @@ pub struct FileConfig {
     pub models: Vec<ModelSection>,
     #[serde(default)]
     pub routing: RoutingSection,
+    /// The usage ledger; none = off.
+    #[serde(default)]
+    pub ledger: Option<LedgerSection>,
     /// Policy routes, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSection {
+    /// `sqlite://data/tollgate.db` (created if missing) or `postgres://user@host/db`.
+    pub url: String,
+    /// Rows waiting at most; beyond, rows are dropped and counted.
+    #[serde(default = "default_ledger_queue")]
+    pub queue: usize,
+    /// Rows per insert.
+    #[serde(default = "default_ledger_batch")]
+    pub batch: usize,
+    /// How long a batch gathers rows before it is written.
+    #[serde(default = "default_ledger_flush")]
+    pub flush_interval: Dur,
+}
+
+fn default_ledger_queue() -> usize {
+    10_000
+}
+fn default_ledger_batch() -> usize {
+    500
+}
+fn default_ledger_flush() -> Dur {
+    Dur(std::time::Duration::from_millis(200))
 }
 
 /// A string or a list of strings.

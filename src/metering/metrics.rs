@@ -147,6 +147,8 @@ pub struct Metrics {
     routing: RoutingMetrics,
     cost: ExactCounterVec,
     gen_ai: GenAi,
+    ledger_rows: IntCounterVec,
+    ledger_queue: IntGauge,
 }
 
 /// What the router decided and how often it had to try again.
@@ -355,6 +357,16 @@ impl Metrics {
             )
             .expect("valid metric"),
         };
+        let ledger_rows = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ledger_rows_total",
+                "Usage ledger rows by result (written; dropped: the queue was full; failed: the database refused them)",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let ledger_queue = IntGauge::new("tollgate_ledger_queue_rows", "Usage ledger rows waiting to be written")
+            .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tollgate_upstream_errors_total",
@@ -396,6 +408,8 @@ impl Metrics {
             Box::new(gen_ai.duration.clone()),
             Box::new(gen_ai.ttft.clone()),
             Box::new(gen_ai.per_output_token.clone()),
+            Box::new(ledger_rows.clone()),
+            Box::new(ledger_queue.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(build),
@@ -416,7 +430,23 @@ impl Metrics {
             routing,
             cost,
             gen_ai,
+            ledger_rows,
+            ledger_queue,
         }
+    }
+
+    /// The ledger's counters, for the ledger to keep.
+    pub fn ledger_counters(&self) -> crate::metering::ledger::LedgerCounters {
+        crate::metering::ledger::LedgerCounters {
+            written: self.ledger_rows.with_label_values(&["written"]),
+            dropped: self.ledger_rows.with_label_values(&["dropped"]),
+            failed: self.ledger_rows.with_label_values(&["failed"]),
+        }
+    }
+
+    /// Rows waiting in the ledger's queue, set when scraped.
+    pub fn ledger_queue(&self, rows: usize) {
+        self.ledger_queue.set(rows as i64);
     }
 
     /// A failed operation in OpenTelemetry's terms: its duration, with `error_type`.

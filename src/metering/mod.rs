@@ -4,6 +4,7 @@
 pub mod cost;
 pub mod estimate;
 pub mod exact;
+pub mod ledger;
 pub mod metrics;
 
 pub use metrics::{Endpoint, Labels, Metrics, Series};

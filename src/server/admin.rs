@@ -26,6 +26,9 @@ pub async fn ready(State(gw): State<Arc<Gateway>>) -> Response {
 }
 
 pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
+    if let Some(ledger) = &gw.ledger {
+        gw.metrics.ledger_queue(ledger.queued());
+    }
     // Circuit states are read when scraped: they change by the passing of time too.
     let now = tokio::time::Instant::now();
     for b in gw.router.load().backends() {

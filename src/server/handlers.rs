@@ -132,6 +132,9 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
         .cloned()
         .unwrap_or(HeaderValue::from_static("-"));
     let request_id = request_header.to_str().unwrap_or("-");
+    if gw.ledger.is_some() {
+        meter.ledger(gw.ledger.clone(), request_id, super::auth::key_id(&parts.headers));
+    }
 
     let prepared = async {
         let body_deadline = deadline.min(started + gw.settings.body_timeout);
@@ -160,6 +163,7 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
     };
     let route_header = HeaderValue::from_str(&decision.route).unwrap_or(HeaderValue::from_static("-"));
     meter.prompt_estimate(parsed.features().input_tokens);
+    meter.routed(&decision.route, parsed.model(), parsed.is_stream());
     let stream = parsed.is_stream();
     let forward_usage = parsed.wants_stream_usage();
     // `send` consumes the request: keep the name the client asked for.

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use crate::api::Usage;
 use crate::metering::cost::{Pico, Pricing};
 use crate::metering::estimate;
+use crate::metering::ledger::{Ledger, Row};
 use crate::metering::metrics::{InFlight, MirrorSide};
 use crate::metering::{Endpoint, Labels, Metrics, Series};
 use crate::routing::Backend;
@@ -40,6 +41,9 @@ pub struct RequestMeter {
     _permit: OwnedSemaphorePermit,
     /// Set when the route mirrors this request: the primary side is recorded for comparison.
     mirror_route: Option<Arc<str>>,
+    /// The usage ledger, and what its row says beyond the metrics.
+    ledger: Option<Ledger>,
+    row: Row,
 }
 
 impl RequestMeter {
@@ -62,6 +66,26 @@ impl RequestMeter {
             _in_flight: in_flight,
             _permit: permit,
             mirror_route: None,
+            ledger: None,
+            row: Row::default(),
+        }
+    }
+
+    /// Writes a ledger row when the request ends; `id` and `key_id` say whose request it was.
+    pub fn ledger(&mut self, ledger: Option<Ledger>, id: &str, key_id: Option<String>) {
+        self.ledger = ledger;
+        if self.ledger.is_some() {
+            self.row.id = id.to_owned();
+            self.row.key_id = key_id;
+        }
+    }
+
+    /// What was asked and how it was routed, for the ledger.
+    pub fn routed(&mut self, route: &str, requested_model: &str, stream: bool) {
+        if self.ledger.is_some() {
+            route.clone_into(&mut self.row.route);
+            requested_model.clone_into(&mut self.row.requested_model);
+            self.row.stream = stream;
         }
     }
 
@@ -75,6 +99,9 @@ impl RequestMeter {
         self.backend = Some((backend.model.clone(), backend.provider_name.clone(), series));
         self.pricing = backend.pricing;
         self.system = backend.system;
+        if self.ledger.is_some() {
+            self.row.served_model = backend.upstream_model.to_string();
+        }
     }
 
     fn labels(&self) -> Labels<'_> {
@@ -126,8 +153,11 @@ impl RequestMeter {
         }
     }
 
-    pub fn upstream_error(&self, kind: &str) {
+    pub fn upstream_error(&mut self, kind: &str) {
         self.metrics.upstream_error(self.labels().provider, kind);
+        if self.ledger.is_some() {
+            self.row.error_kind = Some(kind.to_owned());
+        }
     }
 
     /// This request is mirrored by `route`.
@@ -140,6 +170,25 @@ impl RequestMeter {
     }
 }
 
+impl RequestMeter {
+    /// The ledger's row for this request, as it ended.
+    fn ledger_row(&mut self, status: u16, elapsed: std::time::Duration) -> Row {
+        let mut row = std::mem::take(&mut self.row);
+        let labels = self.labels();
+        row.backend = if labels.provider.is_empty() {
+            String::new()
+        } else {
+            format!("{}/{}", labels.provider, labels.model)
+        };
+        row.provider = labels.provider.to_owned();
+        row.set_usage(self.usage.as_ref(), self.cost);
+        row.set_timing(elapsed);
+        row.ttft_ms = self.ttft.map(|t| t.as_millis() as i64);
+        row.status = i64::from(status);
+        row
+    }
+}
+
 impl Drop for RequestMeter {
     fn drop(&mut self) {
         let status = self.status.unwrap_or(if std::thread::panicking() { 500 } else { 499 });
@@ -148,6 +197,9 @@ impl Drop for RequestMeter {
             // Cut or cancelled midway: what was produced is metered and costed, marked estimated.
             let completion = estimate::tokens_of_chars(self.streamed_chars);
             self.usage(Usage::estimated(self.prompt_estimate, completion));
+        }
+        if let Some(ledger) = self.ledger.take() {
+            ledger.record(self.ledger_row(status, elapsed));
         }
         if let Some(route) = &self.mirror_route {
             let labels = self.labels();

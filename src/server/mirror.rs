@@ -15,6 +15,7 @@ use tokio::time::{Instant, timeout_at};
 use super::handlers::ProxyRequest;
 use super::state::Gateway;
 use crate::api::Usage;
+use crate::metering::ledger::Row;
 use crate::metering::metrics::MirrorSide;
 use crate::providers::{Call, Reply};
 use crate::routing::Backend;
@@ -68,15 +69,35 @@ pub fn spawn<R: ProxyRequest>(gw: Arc<Gateway>, shadow: Shadow<R>) {
                 (status, usage)
             }
         };
+        let elapsed = started.elapsed();
         gw.metrics.mirrored(MirrorSide {
             route: &route,
             role: "shadow",
             model: &backend.model,
             provider: &backend.provider_name,
             status,
-            elapsed: started.elapsed(),
+            elapsed,
             usage: usage.as_ref(),
         });
+        if let Some(ledger) = &gw.ledger {
+            let mut row = Row {
+                id: request_id.to_str().unwrap_or("-").to_owned(),
+                route: route.to_string(),
+                backend: format!("{}/{}", backend.provider_name, backend.model),
+                provider: backend.provider_name.to_string(),
+                requested_model: requested.clone(),
+                served_model: backend.upstream_model.to_string(),
+                status: i64::from(status),
+                shadow: true,
+                ..Row::default()
+            };
+            row.set_usage(
+                usage.as_ref(),
+                usage.zip(backend.pricing).map(|(u, p)| p.cost(&u, elapsed)),
+            );
+            row.set_timing(elapsed);
+            ledger.record(row);
+        }
         drop(permit);
     });
 }

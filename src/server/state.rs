@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use super::auth::Keys;
 use crate::config::{Config, ServerSettings};
 use crate::metering::Metrics;
+use crate::metering::ledger::Ledger;
 use crate::routing::Router;
 
 pub struct Gateway {
@@ -25,6 +26,8 @@ pub struct Gateway {
     pub limiter: Arc<Semaphore>,
     /// Shadow (mirrored) requests in flight.
     pub shadows: Arc<Semaphore>,
+    /// The usage ledger, when configured (opened by the caller: it connects).
+    pub ledger: Option<Ledger>,
     ready: AtomicBool,
 }
 
@@ -41,8 +44,15 @@ impl Gateway {
                 config.server.max_concurrent_requests.min(Semaphore::MAX_PERMITS),
             )),
             shadows: Arc::new(Semaphore::new(super::mirror::MAX_SHADOWS)),
+            ledger: None,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// Meters every request into `ledger` too.
+    pub fn with_ledger(mut self, ledger: Option<Ledger>) -> Self {
+        self.ledger = ledger;
+        self
     }
 
     /// Takes a new, validated config: providers, models, routes, the catalog

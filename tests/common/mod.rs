@@ -338,6 +338,8 @@ pub struct TestGateway {
     pub gateway: Arc<tollgate::server::Gateway>,
     shutdown: Option<oneshot::Sender<()>>,
     pub done: Option<tokio::task::JoinHandle<()>>,
+    /// The ledger's writer, when the config has a ledger.
+    pub writer: Option<tollgate::metering::ledger::Writer>,
 }
 
 impl TestGateway {
@@ -346,7 +348,17 @@ impl TestGateway {
         let vars: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let cfg = tollgate::config::parse(yaml, &|name| vars.get(name).cloned())
             .unwrap_or_else(|e| panic!("bad test config: {e:?}"));
-        let gateway = Arc::new(tollgate::server::Gateway::from_config(&cfg));
+        let gateway = tollgate::server::Gateway::from_config(&cfg);
+        let (ledger, writer) = match &cfg.ledger {
+            Some(settings) => {
+                let (l, w) = tollgate::metering::ledger::Ledger::open(settings, gateway.metrics.ledger_counters())
+                    .await
+                    .expect("the test ledger opens");
+                (Some(l), Some(w))
+            }
+            None => (None, None),
+        };
+        let gateway = Arc::new(gateway.with_ledger(ledger));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
@@ -363,6 +375,18 @@ impl TestGateway {
             gateway,
             shutdown: Some(tx),
             done: Some(done),
+            writer,
+        }
+    }
+
+    /// Shuts down gracefully, then flushes the ledger: every row is written when this returns.
+    pub async fn stop(&mut self) {
+        self.shutdown();
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+        if let Some(writer) = self.writer.take() {
+            assert!(writer.finish(Duration::from_secs(10)).await, "the ledger flushed");
         }
     }
 
