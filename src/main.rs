@@ -37,6 +37,21 @@ enum Command {
         /// The config file.
         config: PathBuf,
     },
+    /// Print usage from the ledger: requests, errors, tokens, cost, latency, by group.
+    Report {
+        /// The config file (its `ledger.url` is read).
+        #[arg(short, long, env = "TOLLGATE_CONFIG", default_value = "config/tollgate.yaml")]
+        config: PathBuf,
+        /// How far back: 30m, 24h, 7d...
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// backend, model, route or key.
+        #[arg(long, default_value = "backend")]
+        by: String,
+        /// table, json or csv.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
     /// Exit 0 if a running gateway answers GET /health (for container health checks).
     Healthcheck {
         /// The gateway's address.
@@ -51,6 +66,75 @@ fn main() -> ExitCode {
         Command::Check { config } => check(&config),
         Command::Serve { config, listen } => serve(&config, listen),
         Command::Healthcheck { addr } => healthcheck(addr),
+        Command::Report {
+            config,
+            since,
+            by,
+            format,
+        } => report(&config, &since, &by, &format),
+    }
+}
+
+fn report(path: &std::path::Path, since: &str, by: &str, format: &str) -> ExitCode {
+    use tollgate::metering::report;
+    let cfg = match config::load(path) {
+        Ok(cfg) => cfg,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(ledger) = cfg.ledger else {
+        eprintln!(
+            "{}: no `ledger` is configured, so there is nothing to report",
+            path.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let window = match tollgate::config::parse_window(since) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("--since: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(by) = report::By::parse(by) else {
+        eprintln!("--by: `{by}` is not backend, model, route or key");
+        return ExitCode::FAILURE;
+    };
+    if !matches!(format, "table" | "json" | "csv") {
+        eprintln!("--format: `{format}` is not table, json or csv");
+        return ExitCode::FAILURE;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let since_ms = tollgate::metering::report::since_ms(window);
+    let groups = runtime.block_on(async {
+        sqlx::any::install_default_drivers();
+        let pool = sqlx::AnyPool::connect(&ledger.url).await?;
+        let groups = report::groups(&pool, since_ms, by).await;
+        pool.close().await;
+        groups
+    });
+    match groups {
+        Ok(groups) => {
+            let out = match format {
+                "json" => serde_json::to_string_pretty(&groups).unwrap_or_default() + "\n",
+                "csv" => report::csv(&groups),
+                _ => report::table(&groups),
+            };
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot read the ledger: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

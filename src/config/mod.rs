@@ -245,6 +245,17 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// A report window: a duration as in the config, or days (`7d`).
+pub fn parse_window(text: &str) -> Result<Duration, String> {
+    match text.trim().strip_suffix('d').map(|n| n.trim().parse::<f64>()) {
+        Some(Ok(days)) if days >= 0.0 => {
+            Duration::try_from_secs_f64(days * 86_400.0).map_err(|_| format!("`{text}` is too long"))
+        }
+        Some(_) => Err(format!("`{text}` is not a number of days")),
+        None => units::parse_duration(text),
+    }
+}
+
 /// Reads and validates a config file with the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let file = path.display().to_string();

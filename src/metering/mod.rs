@@ -6,5 +6,6 @@ pub mod estimate;
 pub mod exact;
 pub mod ledger;
 pub mod metrics;
+pub mod report;
 
 pub use metrics::{Endpoint, Labels, Metrics, Series};

@@ -108,3 +108,53 @@ pub async fn method_not_allowed(State(gw): State<Arc<Gateway>>, req: Request) ->
         std::time::Instant::now(),
     )
 }
+
+/// `GET /admin/usage?since=24h&by=backend` (admin key): the ledger's report as JSON.
+pub async fn usage(State(gw): State<Arc<Gateway>>, uri: http::Uri) -> Response {
+    use crate::metering::report;
+    let Some(url) = gw.ledger_url.as_deref() else {
+        return respond::error(
+            &ApiError::new(
+                StatusCode::NOT_FOUND,
+                crate::api::ErrorKind::InvalidRequest,
+                "no usage ledger is configured",
+            )
+            .with_code("no_ledger"),
+        );
+    };
+    let param = |name: &str| {
+        uri.query()
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+            .map(str::to_owned)
+    };
+    let since = param("since").unwrap_or_else(|| "24h".into());
+    let window = match crate::config::parse_window(&since) {
+        Ok(w) => w,
+        Err(e) => return respond::error(&ApiError::bad_request(e).with_param("since")),
+    };
+    let by_text = param("by").unwrap_or_else(|| "backend".into());
+    let Some(by) = report::By::parse(&by_text) else {
+        return respond::error(
+            &ApiError::bad_request(format!("`{by_text}` is not backend, model, route or key")).with_param("by"),
+        );
+    };
+    let result = async {
+        let pool = sqlx::AnyPool::connect(url).await?;
+        let groups = report::groups(&pool, report::since_ms(window), by).await;
+        pool.close().await;
+        groups
+    }
+    .await;
+    match result {
+        Ok(groups) => {
+            let body = serde_json::json!({"since": since, "by": by_text, "groups": groups});
+            respond::json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the usage ledger");
+            respond::error(&ApiError::unavailable("the usage ledger cannot be read now"))
+        }
+    }
+}

@@ -39,6 +39,7 @@ pub fn app(gw: Arc<Gateway>) -> Router {
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(admin::models))
         .route("/v1/route/explain", post(explain::explain))
+        .route("/admin/usage", get(admin::usage))
         // Model names may hold `/` (`meta-llama/Llama-3.3-70B-Instruct`).
         .route("/v1/models/{*id}", get(admin::model))
         .route("/health", get(admin::health))

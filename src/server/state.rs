@@ -28,6 +28,8 @@ pub struct Gateway {
     pub shadows: Arc<Semaphore>,
     /// The usage ledger, when configured (opened by the caller: it connects).
     pub ledger: Option<Ledger>,
+    /// Where the ledger is, for the admin API's reports.
+    pub ledger_url: Option<String>,
     ready: AtomicBool,
 }
 
@@ -45,6 +47,7 @@ impl Gateway {
             )),
             shadows: Arc::new(Semaphore::new(super::mirror::MAX_SHADOWS)),
             ledger: None,
+            ledger_url: config.ledger.as_ref().map(|l| l.url.clone()),
             ready: AtomicBool::new(false),
         }
     }
