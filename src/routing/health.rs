@@ -103,6 +103,22 @@ impl std::fmt::Display for Unavailable {
     }
 }
 
+/// Why a backend in state `s` cannot take a request at `now`, if it cannot.
+fn blocked(s: &State, now: Instant, cooldown: bool) -> Option<Unavailable> {
+    if let Some(until) = s.cooldown_until.filter(|u| cooldown && *u > now) {
+        return Some(Unavailable::CoolingDown {
+            for_secs: (until - now).as_secs_f64(),
+        });
+    }
+    match s.circuit {
+        Circuit::Open { until } if until > now => Some(Unavailable::CircuitOpen {
+            for_secs: (until - now).as_secs_f64(),
+        }),
+        Circuit::HalfOpen => Some(Unavailable::Probing),
+        _ => None,
+    }
+}
+
 impl Default for Health {
     fn default() -> Self {
         Health {
@@ -131,44 +147,20 @@ impl Health {
     /// A `Retry-After` cooldown counts only where there is somewhere else to
     /// go (`cooldown`): alone, the upstream's own answer says more than ours.
     pub fn check(&self, now: Instant, cooldown: bool) -> Result<(), Unavailable> {
-        let s = self.lock();
-        if let Some(until) = s.cooldown_until.filter(|u| cooldown && *u > now) {
-            return Err(Unavailable::CoolingDown {
-                for_secs: (until - now).as_secs_f64(),
-            });
-        }
-        match s.circuit {
-            Circuit::Open { until } if until > now => Err(Unavailable::CircuitOpen {
-                for_secs: (until - now).as_secs_f64(),
-            }),
-            Circuit::HalfOpen => Err(Unavailable::Probing),
-            _ => Ok(()),
-        }
+        blocked(&self.lock(), now, cooldown).map_or(Ok(()), Err)
     }
 
     /// Claims the right to send: an expired open circuit lets exactly one probe through.
     pub fn admit(&self, now: Instant, cooldown: bool) -> Result<(), Unavailable> {
         let mut s = self.lock();
-        if let Some(until) = s.cooldown_until.filter(|u| cooldown && *u > now) {
-            return Err(Unavailable::CoolingDown {
-                for_secs: (until - now).as_secs_f64(),
-            });
+        if let Some(why) = blocked(&s, now, cooldown) {
+            return Err(why);
         }
-        match s.circuit {
-            Circuit::Open { until } if until > now => Err(Unavailable::CircuitOpen {
-                for_secs: (until - now).as_secs_f64(),
-            }),
-            Circuit::Open { .. } => {
-                s.circuit = Circuit::HalfOpen;
-                s.in_flight += 1;
-                Ok(())
-            }
-            Circuit::HalfOpen => Err(Unavailable::Probing),
-            Circuit::Closed => {
-                s.in_flight += 1;
-                Ok(())
-            }
+        if matches!(s.circuit, Circuit::Open { .. }) {
+            s.circuit = Circuit::HalfOpen;
         }
+        s.in_flight += 1;
+        Ok(())
     }
 
     pub fn circuit(&self, now: Instant) -> Circuit {
