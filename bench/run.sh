@@ -19,6 +19,7 @@
 #   BENCH_SKIP_BUILD   1 = use the binaries already built
 #   BENCH_OUT          results directory        (bench/results/<timestamp>)
 #   BENCH_PORT_BASE    first of seven loopback ports used       (19180)
+#   BENCH_LEDGER       0 = no usage ledger (default 1: SQLite, a row per request)
 #   BENCH_PERF         1 = also `perf record -g` tollgate during the c=16
 #                      non-streaming run (perf.data in BENCH_OUT)
 #
@@ -119,6 +120,12 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((SLOW_CONNS * 2 + 256)) ] ||
     log "warning: ulimit -n is $(ulimit -n); the $SLOW_CONNS-stream scenario may run out of sockets"
 
+# Metering on (BENCH_LEDGER=0 turns it off): every request also becomes a SQLite ledger row.
+LEDGER_YAML=""
+if [ "${BENCH_LEDGER:-1}" = 1 ]; then
+    LEDGER_YAML="ledger:
+  url: sqlite://$WORK/ledger.db"
+fi
 cat >"$WORK/tollgate.yaml" <<EOF
 # Written by bench/run.sh: tollgate in front of the mock upstream.
 server:
@@ -127,6 +134,7 @@ server:
 logging:
   format: pretty
   level: warn
+$LEDGER_YAML
 providers:
   mock:
     kind: openai
@@ -141,6 +149,11 @@ models:
   - name: bench-slow
     provider: mock-slow
     upstream_model: gpt-4o-mini
+# A route, so every request goes through the router's matching and filters.
+routes:
+  - name: bench
+    match: { model: [bench, bench-slow] }
+    retry: { attempts: 1 }
 EOF
 cp "$WORK/tollgate.yaml" "$OUT/tollgate.yaml"
 

@@ -11,6 +11,7 @@
 //! driver, portable SQL, integer timestamps and costs). The schema is
 //! created and migrated at start.
 
+use std::fmt::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -178,7 +179,22 @@ impl Ledger {
     pub async fn open(settings: &LedgerSettings, counters: LedgerCounters) -> Result<(Ledger, Writer), sqlx::Error> {
         install_default_drivers();
         let url = sqlite_create_mode(&settings.url);
-        let pool = AnyPoolOptions::new().max_connections(2).connect(&url).await?;
+        let sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(2)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // A write-ahead log and normal syncing: a commit costs no fsync of the
+                        // database file, and readers (reports) do not block the writer.
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA synchronous=NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
         migrate(&pool).await?;
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let (close, closed) = oneshot::channel();
@@ -261,6 +277,7 @@ async fn write_batches(
     counters: LedgerCounters,
 ) {
     let batch_size = settings.batch.clamp(1, 1000);
+    let sql = Statements::for_url(&settings.url);
     let mut batch = Vec::with_capacity(batch_size);
     let mut closing = false;
     loop {
@@ -289,18 +306,18 @@ async fn write_batches(
                 Ok(None) | Err(_) => break,
             }
         }
-        insert(&pool, &mut batch, &counters).await;
+        insert(&pool, &sql, &mut batch, &counters).await;
     }
     // Closed: whatever is left was already drained by recv; flush the last batch.
     if !batch.is_empty() {
-        insert(&pool, &mut batch, &counters).await;
+        insert(&pool, &sql, &mut batch, &counters).await;
     }
     pool.close().await;
 }
 
-async fn insert(pool: &AnyPool, batch: &mut Vec<Row>, counters: &LedgerCounters) {
+async fn insert(pool: &AnyPool, sql: &Statements, batch: &mut Vec<Row>, counters: &LedgerCounters) {
     let rows = batch.len() as u64;
-    match insert_rows(pool, batch).await {
+    match insert_rows(pool, sql, batch).await {
         Ok(()) => counters.written.inc_by(rows),
         Err(e) => {
             counters.failed.inc_by(rows);
@@ -310,57 +327,103 @@ async fn insert(pool: &AnyPool, batch: &mut Vec<Row>, counters: &LedgerCounters)
     batch.clear();
 }
 
-async fn insert_rows(pool: &AnyPool, batch: &[Row]) -> Result<(), sqlx::Error> {
-    // Both SQLite (999) and PostgreSQL (65535) bound the parameters of one statement.
-    for chunk in batch.chunks(900 / COLUMNS) {
-        let mut sql = String::from(
-            "INSERT INTO tollgate_usage (id, ts_ms, key_id, team, route, backend, provider, requested_model, \
-             served_model, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, \
-             usage_source, cost_pico, cost_source, ttft_ms, duration_ms, status, error_kind, stream, shadow) VALUES ",
-        );
-        for r in 0..chunk.len() {
-            if r > 0 {
+/// Rows per multi-row INSERT: 23 columns × 40 rows = 920 parameters, within
+/// both SQLite's (999 in old builds) and PostgreSQL's (65 535) limits. One
+/// statement text for every full chunk, so it is prepared once and cached.
+const ROWS_PER_STATEMENT: usize = 40;
+
+/// `dollar`: PostgreSQL's `$1, $2...`; else SQLite's plain `?`, bound in
+/// order (sqlx looks up the name of every `$N` parameter in SQLite, a scan
+/// per parameter that made large inserts quadratic).
+fn insert_sql(rows: usize, dollar: bool) -> String {
+    let mut sql = String::from(
+        "INSERT INTO tollgate_usage (id, ts_ms, key_id, team, route, backend, provider, requested_model, \
+         served_model, prompt_tokens, completion_tokens, cached_tokens, cache_write_tokens, reasoning_tokens, \
+         usage_source, cost_pico, cost_source, ttft_ms, duration_ms, status, error_kind, stream, shadow) VALUES ",
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..COLUMNS {
+            if c > 0 {
                 sql.push(',');
             }
-            sql.push('(');
-            for c in 0..COLUMNS {
-                if c > 0 {
-                    sql.push(',');
-                }
-                sql.push_str(&format!("${}", r * COLUMNS + c + 1));
+            if dollar {
+                let _ = write!(sql, "${}", r * COLUMNS + c + 1);
+            } else {
+                sql.push('?');
             }
-            sql.push(')');
         }
-        let mut q = sqlx::query(&sql);
-        for row in chunk {
-            q = q
-                .bind(row.id.clone())
-                .bind(row.ts_ms)
-                .bind(row.key_id.clone())
-                .bind(row.team.clone())
-                .bind(row.route.clone())
-                .bind(row.backend.clone())
-                .bind(row.provider.clone())
-                .bind(row.requested_model.clone())
-                .bind(row.served_model.clone())
-                .bind(row.prompt_tokens)
-                .bind(row.completion_tokens)
-                .bind(row.cached_tokens)
-                .bind(row.cache_write_tokens)
-                .bind(row.reasoning_tokens)
-                .bind(row.usage_source)
-                .bind(row.cost_pico)
-                .bind(row.cost_source)
-                .bind(row.ttft_ms)
-                .bind(row.duration_ms)
-                .bind(row.status)
-                .bind(row.error_kind.clone())
-                .bind(i64::from(row.stream))
-                .bind(i64::from(row.shadow));
-        }
-        q.execute(pool).await?;
+        sql.push(')');
     }
-    Ok(())
+    sql
+}
+
+/// The two INSERT statements of a database: a full chunk, and one row.
+struct Statements {
+    full: String,
+    one: String,
+}
+
+impl Statements {
+    fn for_url(url: &str) -> Self {
+        let dollar = !url.starts_with("sqlite:");
+        Statements {
+            full: insert_sql(ROWS_PER_STATEMENT, dollar),
+            one: insert_sql(1, dollar),
+        }
+    }
+}
+
+/// One batch, one transaction: one commit for all its rows.
+async fn insert_rows(pool: &AnyPool, sql: &Statements, batch: &[Row]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut chunks = batch.chunks_exact(ROWS_PER_STATEMENT);
+    for chunk in chunks.by_ref() {
+        bind_rows(sqlx::query(&sql.full), chunk).execute(&mut *tx).await?;
+    }
+    // The remainder row by row, through the one-row statement (also prepared once).
+    for row in chunks.remainder() {
+        bind_rows(sqlx::query(&sql.one), std::slice::from_ref(row))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+fn bind_rows<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    rows: &'q [Row],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    for row in rows {
+        q = q
+            .bind(row.id.as_str())
+            .bind(row.ts_ms)
+            .bind(row.key_id.as_deref())
+            .bind(row.team.as_deref())
+            .bind(row.route.as_str())
+            .bind(row.backend.as_str())
+            .bind(row.provider.as_str())
+            .bind(row.requested_model.as_str())
+            .bind(row.served_model.as_str())
+            .bind(row.prompt_tokens)
+            .bind(row.completion_tokens)
+            .bind(row.cached_tokens)
+            .bind(row.cache_write_tokens)
+            .bind(row.reasoning_tokens)
+            .bind(row.usage_source)
+            .bind(row.cost_pico)
+            .bind(row.cost_source)
+            .bind(row.ttft_ms)
+            .bind(row.duration_ms)
+            .bind(row.status)
+            .bind(row.error_kind.as_deref())
+            .bind(i64::from(row.stream))
+            .bind(i64::from(row.shadow));
+    }
+    q
 }
 
 #[cfg(test)]

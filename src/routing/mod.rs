@@ -105,6 +105,7 @@ pub struct Candidate {
     /// USD, from the catalog's prices and the request's estimated tokens.
     pub expected_cost: Option<f64>,
     pub expected_latency_ms: Option<f64>,
+    /// Read only where a limit needs it (a sort of recent samples): `best-score` with `max_p95_latency`.
     pub p95_ms: Option<f64>,
     pub in_flight: u32,
     /// `best-score`: the benchmark score, and whether it is within the route's limits.
@@ -477,7 +478,7 @@ fn candidate(backend: Arc<Backend>, position: usize, f: &Features<'_>) -> Candid
     Candidate {
         expected_cost: expected_cost(backend.info.as_ref(), f, latency),
         expected_latency_ms: latency,
-        p95_ms: backend.health.p95_ms(),
+        p95_ms: None,
         in_flight: backend.health.in_flight(),
         score: None,
         qualifies: false,

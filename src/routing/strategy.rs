@@ -104,6 +104,9 @@ fn lowest_latency(c: &mut [Candidate], rng: &mut fastrand::Rng) {
 fn best_score(c: &mut [Candidate], objective: &Objective, domain: Domain) {
     let bench = objective.score.as_deref().unwrap_or(default_benchmark(domain));
     for cand in c.iter_mut() {
+        if objective.max_p95.is_some() {
+            cand.p95_ms = cand.backend.health.p95_ms();
+        }
         cand.score = cand.backend.info.as_ref().and_then(|i| i.scores.get(bench).copied());
         let cost_ok = objective
             .max_cost

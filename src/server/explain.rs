@@ -53,7 +53,7 @@ async fn decide(gw: &Gateway, req: Request) -> Result<Value, ApiError> {
                 "tried": i < attempts,
                 "expected_cost_usd": c.expected_cost,
                 "expected_latency_ms": c.expected_latency_ms,
-                "p95_latency_ms": c.p95_ms,
+                "p95_latency_ms": c.p95_ms.or_else(|| c.backend.health.p95_ms()),
                 "in_flight": c.in_flight,
                 "score": c.score,
                 "within_limits": d.benchmark().map(|_| c.qualifies),
