@@ -713,3 +713,52 @@ async fn a_cancelled_stream_is_metered_and_costed_for_what_was_produced() {
     assert!(prompt >= 1.0, "the prompt, estimated: {prompt}");
     assert!(metric(&m, r#"tollgate_cost_usd_total{model="slow",provider="slow"}"#).unwrap() > 0.0);
 }
+
+#[tokio::test]
+async fn model_rate_limits_skip_to_the_next_backend_then_answer_openai_429s() {
+    let yaml = "providers:\n  sim: { kind: simulated }\nmodels:\n  - { name: small, provider: sim, rpm: 2 }\n  - { name: spare, provider: sim }\n  - { name: thrifty, provider: sim, tpm: 1000 }\nroutes:\n  - { name: spill, match: { model: spill }, targets: [small, spare] }\n";
+    let gw = TestGateway::start(yaml, &[]).await;
+    // The route spills to the spare model once `small` has had its 2 requests this minute.
+    let mut served = Vec::new();
+    for _ in 0..3 {
+        let resp = gw.post("/v1/chat/completions", &chat("spill", "hi")).await;
+        assert_eq!(resp.status(), 200);
+        served.push(header(&resp, "x-tollgate-backend"));
+    }
+    assert_eq!(served, ["sim/small", "sim/small", "sim/spare"]);
+    // Alone, a limited model answers OpenAI's 429.
+    let resp = gw.post("/v1/chat/completions", &chat("small", "hi")).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(header(&resp, "x-ratelimit-limit-requests"), "2");
+    assert_eq!(header(&resp, "x-ratelimit-remaining-requests"), "0");
+    assert!(header(&resp, "x-ratelimit-reset-requests").ends_with('s'));
+    let wait: u64 = header(&resp, "retry-after").parse().unwrap();
+    assert!((1..=30).contains(&wait), "{wait}");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (v["error"]["type"].as_str(), v["error"]["code"].as_str()),
+        (Some("rate_limit_error"), Some("rate_limit_exceeded"))
+    );
+    // Tokens per minute: the prompt and max_tokens are reserved.
+    let mut big = chat("thrifty", "hi");
+    big["max_tokens"] = json!(600);
+    assert_eq!(gw.post("/v1/chat/completions", &big).await.status(), 200);
+    let resp = gw.post("/v1/chat/completions", &big).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(header(&resp, "x-ratelimit-limit-tokens"), "1000");
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_rate_limited_total{limit="requests",model="small",provider="sim"}"#
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(
+            &m,
+            r#"tollgate_rate_limited_total{limit="tokens",model="thrifty",provider="sim"}"#
+        ),
+        Some(1.0)
+    );
+}

@@ -163,6 +163,8 @@ pub struct ModelSpec {
     pub aliases: Vec<String>,
     /// The catalog id describing this model.
     pub catalog: String,
+    pub rpm: Option<u32>,
+    pub tpm: Option<u32>,
 }
 
 impl Config {
@@ -869,6 +871,8 @@ impl Validator<'_> {
                     .clone()
                     .or_else(|| m.upstream_model.clone())
                     .unwrap_or_else(|| m.name.clone()),
+                rpm: m.rpm,
+                tpm: m.tpm,
             });
         }
         out

@@ -666,4 +666,10 @@ pub struct ModelSection {
     /// The catalog entry describing it; default: `upstream_model`, then `name`.
     #[serde(default)]
     pub catalog: Option<String>,
+    /// Requests per minute this gateway sends to it.
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    /// Tokens per minute (prompt and `max_tokens`, estimated) this gateway sends to it.
+    #[serde(default)]
+    pub tpm: Option<u32>,
 }

@@ -149,6 +149,7 @@ pub struct Metrics {
     gen_ai: GenAi,
     ledger_rows: IntCounterVec,
     ledger_queue: IntGauge,
+    rate_limited: IntCounterVec,
 }
 
 /// What the router decided and how often it had to try again.
@@ -367,6 +368,14 @@ impl Metrics {
         .expect("valid metric");
         let ledger_queue = IntGauge::new("tollgate_ledger_queue_rows", "Usage ledger rows waiting to be written")
             .expect("valid metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "tollgate_rate_limited_total",
+                "Backends skipped for a model's rate limit, by model, provider and limit (requests, tokens)",
+            ),
+            &["model", "provider", "limit"],
+        )
+        .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "tollgate_upstream_errors_total",
@@ -410,6 +419,7 @@ impl Metrics {
             Box::new(gen_ai.per_output_token.clone()),
             Box::new(ledger_rows.clone()),
             Box::new(ledger_queue.clone()),
+            Box::new(rate_limited.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(build),
@@ -432,7 +442,13 @@ impl Metrics {
             gen_ai,
             ledger_rows,
             ledger_queue,
+            rate_limited,
         }
+    }
+
+    /// A backend was skipped: its `limit` (requests or tokens per minute) was reached.
+    pub fn rate_limited(&self, model: &str, provider: &str, limit: &str) {
+        self.rate_limited.with_label_values(&[model, provider, limit]).inc();
     }
 
     /// The ledger's counters, for the ledger to keep.

@@ -12,6 +12,7 @@ pub mod classify;
 mod features;
 mod glob;
 pub mod health;
+pub mod limits;
 mod route;
 mod strategy;
 
@@ -32,6 +33,7 @@ use catalog::{Capability, Catalog, Hosting, ModelInfo};
 use classify::Domain;
 pub use features::Features;
 use health::{BreakerSettings, Health};
+use limits::Limits;
 use route::{LazyDomain, Objective, Retry, Route};
 
 /// Output tokens assumed for a request's expected cost when it sets no `max_tokens`.
@@ -61,6 +63,8 @@ pub struct Backend {
     pub missing_key: bool,
     /// OpenTelemetry's `gen_ai.provider.name` of its provider.
     pub system: &'static str,
+    /// `models[].rpm` and `tpm`.
+    pub limits: Option<Arc<Limits>>,
 }
 
 /// A provider as backends refer to it: its name, adapter and GenAI system name.
@@ -93,6 +97,7 @@ fn backend(model: &str, upstream_model: &str, p: &ProviderRef, info: Option<Mode
         info,
         health: Arc::new(Health::default()),
         missing_key: false,
+        limits: None,
     }
 }
 
@@ -230,8 +235,12 @@ impl Router {
             let info = catalog.get(&m.catalog).or_else(|| catalog.get(&m.name)).cloned();
             let mut b = backend(&m.name, &m.upstream_model, provider, info, metrics);
             b.missing_key = without_keys.contains(&m.provider.as_str());
+            b.limits = Limits::new(m.rpm, m.tpm).map(Arc::new);
             if let Some(kept) = previous.and_then(|p| p.same_backend(&b)) {
                 b.health = kept.health.clone();
+                if let Some(l) = kept.limits.as_ref().filter(|l| l.same(m.rpm, m.tpm)) {
+                    b.limits = Some(l.clone());
+                }
             }
             backends.push(Arc::new(b));
             for name in std::iter::once(&m.name).chain(&m.aliases) {

@@ -24,6 +24,7 @@ use crate::api::error::from_json_error;
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, Invalid};
 use crate::metering::Endpoint;
 use crate::providers::{Call, Provider, Reply, UpstreamError};
+use crate::routing::limits::Limited as RateLimited;
 use crate::routing::{Backend, Features};
 
 /// A request type the proxy path can serve.
@@ -162,7 +163,11 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
         }
     };
     let route_header = HeaderValue::from_str(&decision.route).unwrap_or(HeaderValue::from_static("-"));
-    meter.prompt_estimate(parsed.features().input_tokens);
+    let (prompt_tokens, max_tokens) = {
+        let f = parsed.features();
+        (f.input_tokens, f.max_tokens)
+    };
+    meter.prompt_estimate(prompt_tokens);
     meter.routed(&decision.route, parsed.model(), parsed.is_stream());
     let stream = parsed.is_stream();
     let forward_usage = parsed.wants_stream_usage();
@@ -196,6 +201,7 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
     let mut tries: u32 = 0;
     let mut last_failure: Option<(UpstreamError, Arc<Backend>)> = None;
     let mut skipped: Vec<String> = Vec::new();
+    let mut limited: Option<RateLimited> = None;
 
     'backends: for (i, candidate) in decision.candidates.iter().take(attempts).enumerate() {
         let backend = &candidate.backend;
@@ -206,6 +212,15 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                     break 'backends;
                 }
                 tokio::time::sleep(wait).await;
+            }
+            if let Some(l) = &backend.limits
+                && let Err(refused) = l.take(prompt_tokens, max_tokens)
+            {
+                gw.metrics
+                    .rate_limited(&backend.model, &backend.provider_name, refused.limit);
+                skipped.push(format!("{}: {refused}", backend.model));
+                limited = Some(refused);
+                continue 'backends;
             }
             if let Err(why) = backend.health.admit(Instant::now(), decision.honour_cooldown) {
                 skipped.push(format!("{}: {why}", backend.model));
@@ -322,6 +337,14 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
     }
     match last_failure {
         Some((err, _)) => failed(&mut meter, &err, &route_header, tries),
+        None if limited.is_some() => {
+            let refused = limited.unwrap_or_else(|| unreachable!("checked"));
+            meter.finish(429);
+            let mut resp = respond::error(&rate_limit_error(&refused, &skipped));
+            stamp_route(resp.headers_mut(), &route_header, tries);
+            rate_limit_headers(resp.headers_mut(), &refused);
+            resp
+        }
         None => {
             let err = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -338,6 +361,35 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
             stamp_route(resp.headers_mut(), &route_header, tries);
             resp
         }
+    }
+}
+
+/// OpenAI's rate-limit error: 429, `rate_limit_exceeded`, and how long to wait.
+fn rate_limit_error(refused: &RateLimited, skipped: &[String]) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        crate::api::ErrorKind::RateLimit,
+        format!("Rate limit reached ({}). Please try again later.", skipped.join("; ")),
+    )
+    .with_code("rate_limit_exceeded");
+    e.retry_after = Some(refused.wait.as_secs_f64().ceil().max(1.0) as u64);
+    e
+}
+
+/// `x-ratelimit-limit|remaining|reset-requests|tokens`, shaped like OpenAI's.
+fn rate_limit_headers(h: &mut http::HeaderMap, refused: &RateLimited) {
+    let name = |what: &str| http::HeaderName::from_bytes(format!("x-ratelimit-{what}-{}", refused.limit).as_bytes());
+    if let Ok(n) = name("limit") {
+        h.insert(n, HeaderValue::from(refused.per_minute));
+    }
+    if let Ok(n) = name("remaining") {
+        h.insert(n, HeaderValue::from(0u32));
+    }
+    if let (Ok(n), Ok(v)) = (
+        name("reset"),
+        HeaderValue::from_str(&format!("{:.3}s", refused.wait.as_secs_f64())),
+    ) {
+        h.insert(n, v);
     }
 }
 
