@@ -762,3 +762,30 @@ async fn model_rate_limits_skip_to_the_next_backend_then_answer_openai_429s() {
         Some(1.0)
     );
 }
+
+#[tokio::test]
+async fn a_route_can_match_the_gateway_key_by_its_id() {
+    let team_a = "tg-team-a-0123456789";
+    let id = tollgate::server::auth::id_of(team_a.as_bytes());
+    let yaml = format!(
+        "auth:\n  keys: [\"${{KEY_A}}\", \"${{KEY_B}}\"]\nproviders:\n  sim: {{ kind: simulated }}\nmodels:\n  - {{ name: shared, provider: sim }}\n  - {{ name: dedicated, provider: sim }}\nroutes:\n  - {{ name: team-a, match: {{ keys: [\"{id}\"] }}, targets: [dedicated] }}\n"
+    );
+    let gw = TestGateway::start(&yaml, &[("KEY_A", team_a), ("KEY_B", "tg-team-b-0123456789")]).await;
+    let ask = |key: &'static str| {
+        reqwest::Client::new()
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&chat("shared", "hi"))
+            .send()
+    };
+    let a = ask("tg-team-a-0123456789").await.unwrap();
+    assert_eq!(
+        (header(&a, "x-tollgate-route"), header(&a, "x-tollgate-backend")),
+        ("team-a".into(), "sim/dedicated".into())
+    );
+    let b = ask("tg-team-b-0123456789").await.unwrap();
+    assert_eq!(
+        (header(&b, "x-tollgate-route"), header(&b, "x-tollgate-backend")),
+        ("direct".into(), "sim/shared".into())
+    );
+}

@@ -804,6 +804,16 @@ impl Validator<'_> {
                     );
                 }
             }
+            for k in &r.when.keys.0 {
+                let hex = k.strip_prefix("k-").unwrap_or_default();
+                if hex.len() != 12 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    self.error(
+                        at("match"),
+                        path("match.keys"),
+                        format!("`{k}` is not a key id (k- and 12 lowercase hex digits, as the ledger shows)"),
+                    );
+                }
+            }
             for h in r.when.headers.keys() {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
                     self.error(
@@ -947,7 +957,7 @@ models:
     #[test]
     fn route_mistakes_are_all_reported_with_their_paths() {
         let text = format!(
-            "{GOOD}routes:\n  - {{ name: a, match: {{ model: auto:poetry, domain: legal }}, targets: [gpt-9], weights: {{ other: 2 }} }}\n  - {{ name: a, match: {{ model: auto, endpoint: images }}, retry: {{ attempts: 0 }} }}\n"
+            "{GOOD}routes:\n  - {{ name: a, match: {{ model: auto:poetry, domain: legal, keys: [sk-raw-key] }}, targets: [gpt-9], weights: {{ other: 2 }} }}\n  - {{ name: a, match: {{ model: auto, endpoint: images }}, retry: {{ attempts: 0 }} }}\n"
         );
         let errs = parse(&text, &env).unwrap_err();
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
@@ -956,6 +966,7 @@ models:
             "routes[0].weights",
             "routes[0].match.model",
             "routes[0].match.domain",
+            "routes[0].match.keys",
             "routes[1].name",
             "routes[1].targets",
             "routes[1].match.endpoint",

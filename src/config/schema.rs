@@ -199,6 +199,9 @@ pub struct MatchSection {
     /// Header name → value (`*`: present with any value).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Gateway key ids (`k-` and 12 hex digits of the key's SHA-256, as the ledger shows them).
+    #[serde(default)]
+    pub keys: OneOrMany,
     /// The request's `user`, a glob.
     #[serde(default)]
     pub user: Option<String>,

@@ -28,6 +28,7 @@ pub struct Matcher {
     endpoints: Vec<Endpoint>,
     /// (name, value); `None` = present with any value.
     headers: Vec<(HeaderName, Option<String>)>,
+    keys: Vec<String>,
     user: Option<Glob>,
     metadata: Vec<(String, String)>,
     stream: Option<bool>,
@@ -105,6 +106,7 @@ impl Matcher {
             models,
             endpoints,
             headers,
+            keys: section.keys.0.clone(),
             user: section.user.as_deref().map(Glob::new),
             metadata: section.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             stream: section.stream,
@@ -136,6 +138,9 @@ impl Matcher {
             (Some(_), None) => true,
             (Some(v), Some(w)) => v.as_bytes() == w.as_bytes(),
         });
+        // The key's digest is computed only for routes that match on keys.
+        let keys_ok =
+            self.keys.is_empty() || crate::server::auth::key_id(headers).is_some_and(|id| self.keys.contains(&id));
         let user_ok = self.user.as_ref().is_none_or(|g| f.user.is_some_and(|u| g.matches(u)));
         let metadata_ok = self.metadata.iter().all(|(k, v)| {
             f.metadata
@@ -143,7 +148,7 @@ impl Matcher {
                 .and_then(serde_json::Value::as_str)
                 .is_some_and(|have| have == v)
         });
-        if !(headers_ok && user_ok && metadata_ok) {
+        if !(headers_ok && keys_ok && user_ok && metadata_ok) {
             return false;
         }
         let model_ok = self.models.is_empty()

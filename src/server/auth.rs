@@ -42,13 +42,18 @@ impl Keys {
 /// Names the presented key without revealing it: the first 12 hex digits of
 /// its SHA-256 (`k-3f1b2c3d4e5f`), for the ledger. None without a key.
 pub fn key_id(headers: &HeaderMap) -> Option<String> {
-    let d = digest(presented_key(headers)?);
+    Some(id_of(presented_key(headers)?))
+}
+
+/// The id of a key: `k-` and the first 12 hex digits of its SHA-256.
+pub fn id_of(key: &[u8]) -> String {
+    let d = digest(key);
     let mut id = String::with_capacity(14);
     id.push_str("k-");
     for b in &d[..6] {
         id.push_str(&format!("{b:02x}"));
     }
-    Some(id)
+    id
 }
 
 fn digest(bytes: &[u8]) -> [u8; 32] {
