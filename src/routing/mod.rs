@@ -127,6 +127,8 @@ pub struct Dropped {
 
 pub struct Decision {
     pub route: Arc<str>,
+    /// `x-tollgate-route`.
+    pub route_header: HeaderValue,
     pub strategy: StrategyName,
     pub domain: Option<Domain>,
     pub candidates: Vec<Candidate>,
@@ -324,6 +326,7 @@ impl Router {
         let mut domain = LazyDomain::new(f.last_user_text, headers);
         let route = self.routes.iter().find(|r| r.matcher.matches(f, headers, &mut domain));
         let routed = route.is_some();
+        let route_header = route.map_or(HeaderValue::from_static(DIRECT), |r| r.header.clone());
         let (name, strategy, targets, weights, objective, local_only, retry) = match route {
             Some(r) if !r.targets.is_empty() => (
                 r.name.clone(),
@@ -381,6 +384,7 @@ impl Router {
         strategy::order(strategy, &mut candidates, weights, objective, d, &self.rng);
         Ok(Decision {
             route: name,
+            route_header,
             strategy,
             domain: domain.known(),
             candidates,

@@ -183,6 +183,8 @@ pub struct Objective {
 
 pub struct Route {
     pub name: Arc<str>,
+    /// `x-tollgate-route`, built once.
+    pub header: http::HeaderValue,
     pub matcher: Matcher,
     /// Empty: the requested model's backend.
     pub targets: Vec<Arc<Backend>>,
@@ -206,6 +208,7 @@ impl Route {
             .collect();
         Route {
             name: section.name.as_str().into(),
+            header: http::HeaderValue::from_str(&section.name).unwrap_or(http::HeaderValue::from_static("-")),
             matcher: Matcher::compile(&section.when),
             targets,
             weights,

@@ -146,27 +146,23 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 .with_param(param)
                 .with_code("invalid_value")
         })?;
-        let decision = gw
-            .router
-            .load()
-            .decide(&parsed.features(), &parts.headers, Instant::now())?;
+        let features = parsed.features();
+        let decision = gw.router.load().decide(&features, &parts.headers, Instant::now())?;
         if let Some(err) = decision.nothing_left() {
             return Err(err);
         }
-        Ok::<_, ApiError>((parsed, decision, bytes.len()))
+        // What the rate limits and a cut stream's estimate need, read once.
+        let estimate = (features.input_tokens, features.max_tokens);
+        Ok::<_, ApiError>((parsed, decision, bytes.len(), estimate))
     };
-    let (parsed, decision, body_size) = match prepared.await {
+    let (parsed, decision, body_size, (prompt_tokens, max_tokens)) = match prepared.await {
         Ok(ready) => ready,
         Err(err) => {
             meter.finish(err.status.as_u16());
             return respond::error(&err);
         }
     };
-    let route_header = HeaderValue::from_str(&decision.route).unwrap_or(HeaderValue::from_static("-"));
-    let (prompt_tokens, max_tokens) = {
-        let f = parsed.features();
-        (f.input_tokens, f.max_tokens)
-    };
+    let route_header = decision.route_header.clone();
     meter.prompt_estimate(prompt_tokens);
     meter.routed(&decision.route, parsed.model(), parsed.is_stream());
     let stream = parsed.is_stream();
