@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod keys;
 pub mod metering;
 pub mod providers;
 pub mod routing;

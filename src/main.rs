@@ -52,12 +52,65 @@ enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Manage gateway keys (stored hashed in the ledger's database; needs `auth.managed_keys: true` to be accepted).
+    Keys {
+        /// The config file (its `ledger.url` is read).
+        #[arg(
+            short,
+            long,
+            env = "TOLLGATE_CONFIG",
+            default_value = "config/tollgate.yaml",
+            global = true
+        )]
+        config: PathBuf,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Exit 0 if a running gateway answers GET /health (for container health checks).
     Healthcheck {
         /// The gateway's address.
         #[arg(long, default_value = "127.0.0.1:4000")]
         addr: std::net::SocketAddr,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Make a key; it is printed once and only its digest is stored.
+    Create {
+        /// Who or what the key is for.
+        #[arg(long)]
+        name: String,
+        /// Its team (limits and budgets of `teams.<name>` in the config apply too).
+        #[arg(long)]
+        team: Option<String>,
+        /// USD per UTC day.
+        #[arg(long, value_name = "USD")]
+        budget_daily: Option<String>,
+        /// USD per UTC month.
+        #[arg(long, value_name = "USD")]
+        budget_monthly: Option<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rpm: Option<u32>,
+        /// Tokens per minute.
+        #[arg(long)]
+        tpm: Option<u32>,
+        /// Print the key and its settings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List keys (never the keys themselves: ids, names, teams, limits).
+    List {
+        /// Include revoked keys.
+        #[arg(long)]
+        all: bool,
+        /// table or json.
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// Revoke a key by its id (k-...): refused from the next refresh (`auth.key_refresh`) on.
+    Revoke { id: String },
 }
 
 fn main() -> ExitCode {
@@ -72,6 +125,124 @@ fn main() -> ExitCode {
             by,
             format,
         } => report(&config, &since, &by, &format),
+        Command::Keys { config, action } => keys(&config, action),
+    }
+}
+
+/// Connects to the config's ledger database and runs `f` with its key store.
+fn with_store<T>(
+    path: &std::path::Path,
+    f: impl AsyncFnOnce(&tollgate::keys::KeyStore, &config::Config) -> Result<T, String>,
+) -> Result<T, String> {
+    let cfg = config::load(path).map_err(|e| e.to_string())?;
+    let Some(ledger) = &cfg.ledger else {
+        return Err(format!(
+            "{}: keys are kept in the ledger's database, and no `ledger` is configured",
+            path.display()
+        ));
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(async {
+        let store = tollgate::keys::KeyStore::open(&ledger.url)
+            .await
+            .map_err(|e| format!("cannot open the ledger's database: {e}"))?;
+        let out = f(&store, &cfg).await;
+        store.pool().close().await;
+        out
+    })
+}
+
+fn keys(path: &std::path::Path, action: KeysAction) -> ExitCode {
+    use tollgate::keys::{NewKey, budget::parse_usd, store::key_table};
+    let result = match action {
+        KeysAction::Create {
+            name,
+            team,
+            budget_daily,
+            budget_monthly,
+            rpm,
+            tpm,
+            json,
+        } => {
+            let usd = |flag: &str, v: Option<String>| {
+                v.map(|t| parse_usd(&t).map_err(|e| format!("--{flag}: {e}")))
+                    .transpose()
+            };
+            let new = (|| {
+                Ok::<_, String>(NewKey {
+                    name,
+                    team,
+                    budget_daily_usd: usd("budget-daily", budget_daily)?,
+                    budget_monthly_usd: usd("budget-monthly", budget_monthly)?,
+                    rpm,
+                    tpm,
+                })
+            })();
+            new.and_then(|new| {
+                new.validate().map_err(|(message, _)| message)?;
+                with_store(path, async |store, cfg| {
+                    let (record, secret) = store
+                        .create(&new)
+                        .await
+                        .map_err(|e| format!("cannot store the key: {e}"))?;
+                    if json {
+                        let mut v = serde_json::to_value(&record).unwrap_or_default();
+                        v["key"] = secret.into();
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    } else {
+                        println!("{secret}");
+                        eprintln!(
+                            "key {} ({}) created; it is shown only this once.",
+                            record.id, record.name
+                        );
+                    }
+                    if !cfg.managed_keys {
+                        eprintln!(
+                            "note: auth.managed_keys is off in {}: the gateway accepts this key once it is on",
+                            path.display()
+                        );
+                    }
+                    Ok(())
+                })
+            })
+        }
+        KeysAction::List { all, format } => {
+            if !matches!(format.as_str(), "table" | "json") {
+                eprintln!("--format: `{format}` is not table or json");
+                return ExitCode::FAILURE;
+            }
+            with_store(path, async |store, _| {
+                let keys = store
+                    .list(all)
+                    .await
+                    .map_err(|e| format!("cannot read the keys: {e}"))?;
+                if format == "json" {
+                    println!("{}", serde_json::to_string_pretty(&keys).unwrap_or_default());
+                } else {
+                    print!("{}", key_table(&keys));
+                }
+                Ok(())
+            })
+        }
+        KeysAction::Revoke { id } => with_store(path, async |store, _| {
+            match store.revoke(&id).await.map_err(|e| format!("cannot revoke: {e}"))? {
+                true => {
+                    println!("revoked {id}");
+                    Ok(())
+                }
+                false => Err(format!("no active key has the id {id}")),
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -222,7 +393,24 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
                 }
             },
         };
-        let gateway = Arc::new(gateway.with_ledger(ledger));
+        let store = match &cfg.ledger {
+            Some(settings) if cfg.managed_keys => match tollgate::keys::KeyStore::open(&settings.url).await {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the key store (the ledger's database)");
+                    return ExitCode::FAILURE;
+                }
+            },
+            _ => None,
+        };
+        let gateway = Arc::new(gateway.with_ledger(ledger).with_store(store));
+        if let Err(e) = server::keys::load(&gateway).await {
+            tracing::error!(error = %e, "cannot read the managed keys");
+            return ExitCode::FAILURE;
+        }
+        if gateway.store.is_some() {
+            tokio::spawn(server::keys::keep_current(gateway.clone(), cfg.key_refresh));
+        }
         tokio::spawn(server::reload::watch(
             gateway.clone(),
             path.to_path_buf(),
@@ -231,7 +419,7 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
         for (provider, vars) in cfg.providers_without_keys() {
             tracing::warn!(provider, missing = %vars.join(", "), "provider has no API key: its models answer 503 until it is set");
         }
-        if cfg.auth_keys.is_empty() {
+        if cfg.auth_keys.is_empty() && !cfg.managed_keys {
             tracing::warn!("auth.keys is empty: any client that reaches the gateway can use it");
         }
         tracing::info!(%addr, config = %path.display(), models = cfg.models.len(), providers = cfg.providers.len(), "tollgate listening");

@@ -528,6 +528,11 @@ async fn answers_carry_their_cost_and_metrics_add_it_up_exactly() {
     }
     let m = s.gw.metrics().await;
     assert_eq!(
+        metric(&m, r#"tollgate_tokens_total{model="up",provider="mock",type="cached"}"#),
+        Some(600.0),
+        "cached input is counted by its own type"
+    );
+    assert_eq!(
         metric(&m, r#"tollgate_cost_usd_total{model="up",provider="mock"}"#),
         Some(0.039),
         "{m}"
@@ -627,6 +632,13 @@ async fn a_known_workload_gives_exact_metrics_and_histogram_counts() {
     assert_eq!(
         get(r#"tollgate_request_duration_seconds_count{endpoint="chat",model="cheap",provider="sim"}"#),
         2.0
+    );
+    // tollgate's own time, once per request, failed ones too; far below the requests' time.
+    assert_eq!(get(r#"tollgate_overhead_seconds_count{endpoint="chat"}"#), 6.0);
+    assert!(
+        get(r#"tollgate_overhead_seconds_sum{endpoint="chat"}"#)
+            < get(r#"tollgate_request_duration_seconds_sum{endpoint="chat",model="cheap",provider="sim"}"#)
+                + get(r#"tollgate_request_duration_seconds_sum{endpoint="chat",model="up",provider="mock"}"#)
     );
 }
 
@@ -739,10 +751,14 @@ async fn model_rate_limits_skip_to_the_next_backend_then_answer_openai_429s() {
         (v["error"]["type"].as_str(), v["error"]["code"].as_str()),
         (Some("rate_limit_error"), Some("rate_limit_exceeded"))
     );
-    // Tokens per minute: the prompt and max_tokens are reserved.
+    // Tokens per minute: the prompt and max_tokens are reserved, and what
+    // the answer did not use comes back: a second 600 fits in 1000.
     let mut big = chat("thrifty", "hi");
     big["max_tokens"] = json!(600);
     assert_eq!(gw.post("/v1/chat/completions", &big).await.status(), 200);
+    assert_eq!(gw.post("/v1/chat/completions", &big).await.status(), 200);
+    // A whole minute's worth does not, once anything was used.
+    big["max_tokens"] = json!(5000);
     let resp = gw.post("/v1/chat/completions", &big).await;
     assert_eq!(resp.status(), 429);
     assert_eq!(header(&resp, "x-ratelimit-limit-tokens"), "1000");
@@ -750,14 +766,14 @@ async fn model_rate_limits_skip_to_the_next_backend_then_answer_openai_429s() {
     assert_eq!(
         metric(
             &m,
-            r#"tollgate_rate_limited_total{limit="requests",model="small",provider="sim"}"#
+            r#"tollgate_rate_limited_total{limit="requests",model="small",provider="sim",scope="backend"}"#
         ),
         Some(2.0)
     );
     assert_eq!(
         metric(
             &m,
-            r#"tollgate_rate_limited_total{limit="tokens",model="thrifty",provider="sim"}"#
+            r#"tollgate_rate_limited_total{limit="tokens",model="thrifty",provider="sim",scope="backend"}"#
         ),
         Some(1.0)
     );

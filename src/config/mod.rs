@@ -37,6 +37,13 @@ pub struct Config {
     /// Validated: names unique, targets and weights name configured models.
     pub routes: Vec<schema::RouteSection>,
     pub ledger: Option<crate::metering::ledger::LedgerSettings>,
+    /// `auth.managed_keys`: keys from the ledger's database are accepted (and required).
+    pub managed_keys: bool,
+    pub key_refresh: Duration,
+    pub cut_streams_over_budget: bool,
+    pub teams: Vec<crate::keys::registry::TeamSpec>,
+    /// `metrics.key_labels`.
+    pub key_labels: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -183,7 +190,7 @@ impl Config {
     /// this machine, while some provider holds a paid key. `auth.open: true`
     /// accepts the risk.
     pub fn exposure_problem(&self) -> Option<String> {
-        if !self.auth_keys.is_empty() || self.auth_open || self.server.listen.ip().is_loopback() {
+        if !self.auth_keys.is_empty() || self.managed_keys || self.auth_open || self.server.listen.ip().is_loopback() {
             return None;
         }
         let keyed: Vec<&str> = self
@@ -441,6 +448,14 @@ impl Validator<'_> {
                 flush_interval: l.flush_interval.0,
             })
         });
+        let teams = self.teams(&raw);
+        if raw.auth.managed_keys && raw.ledger.is_none() {
+            self.error(
+                locate::section(self.text, "auth"),
+                "auth.managed_keys".into(),
+                "managed keys are stored in the ledger's database: configure `ledger` too",
+            );
+        }
         if self.errors.is_empty() {
             Ok(Config {
                 server: server.expect("no errors"),
@@ -454,10 +469,53 @@ impl Validator<'_> {
                 catalog_text,
                 routes: raw.routes,
                 ledger,
+                managed_keys: raw.auth.managed_keys,
+                key_refresh: raw.auth.key_refresh.0.max(Duration::from_millis(100)),
+                cut_streams_over_budget: raw.auth.cut_streams_over_budget,
+                teams,
+                key_labels: raw.metrics.key_labels,
             })
         } else {
             Err(self.errors)
         }
+    }
+
+    /// `teams`: limits must be positive, budgets amounts of USD.
+    fn teams(&mut self, raw: &FileConfig) -> Vec<crate::keys::registry::TeamSpec> {
+        let line = locate::section(self.text, "teams");
+        let mut specs = Vec::new();
+        for (name, t) in &raw.teams {
+            for (value, field) in [(t.rpm, "rpm"), (t.tpm, "tpm")] {
+                if value == Some(0) {
+                    self.error(
+                        line,
+                        format!("teams.{name}.{field}"),
+                        "must be at least 1 (leave it out for no limit)",
+                    );
+                }
+            }
+            let mut usd = |amount: &Option<schema::Usd>, field: &str| {
+                let text = &amount.as_ref()?.0;
+                match crate::keys::budget::parse_usd(text) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        self.error(line, format!("teams.{name}.budget.{field}"), e);
+                        None
+                    }
+                }
+            };
+            let budget = crate::keys::Budget {
+                daily: usd(&t.budget.daily, "daily"),
+                monthly: usd(&t.budget.monthly, "monthly"),
+            };
+            specs.push(crate::keys::registry::TeamSpec {
+                name: name.clone(),
+                rpm: t.rpm,
+                tpm: t.tpm,
+                budget,
+            });
+        }
+        specs
     }
 
     fn server(&mut self, s: &schema::ServerSection) -> Option<ServerSettings> {

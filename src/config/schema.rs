@@ -28,6 +28,62 @@ pub struct FileConfig {
     /// Policy routes, first match wins.
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    /// Teams: limits and budgets shared by their keys.
+    #[serde(default)]
+    pub teams: BTreeMap<String, TeamSection>,
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Adds `tollgate_key_*` series labelled by key id and team.
+    #[serde(default)]
+    pub key_labels: bool,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeamSection {
+    #[serde(default)]
+    pub rpm: Option<u32>,
+    #[serde(default)]
+    pub tpm: Option<u32>,
+    #[serde(default)]
+    pub budget: BudgetSection,
+}
+
+/// USD per UTC day and month.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetSection {
+    #[serde(default)]
+    pub daily: Option<Usd>,
+    #[serde(default)]
+    pub monthly: Option<Usd>,
+}
+
+/// An amount of USD as written (`50`, `12.5`, `"0.25"`), kept as text so it
+/// is parsed exactly.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usd(pub String);
+
+impl<'de> Deserialize<'de> for Usd {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Text(String),
+            Int(u64),
+            Float(f64),
+        }
+        Ok(Usd(match Either::deserialize(d)? {
+            Either::Text(s) => s,
+            Either::Int(n) => n.to_string(),
+            Either::Float(f) => f.to_string(),
+        }))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -202,6 +258,9 @@ pub struct MatchSection {
     /// Gateway key ids (`k-` and 12 hex digits of the key's SHA-256, as the ledger shows them).
     #[serde(default)]
     pub keys: OneOrMany,
+    /// Teams of managed keys.
+    #[serde(default)]
+    pub teams: OneOrMany,
     /// The request's `user`, a glob.
     #[serde(default)]
     pub user: Option<String>,
@@ -331,7 +390,7 @@ fn default_shutdown_grace() -> Dur {
     Dur(std::time::Duration::from_secs(30))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSection {
     /// Gateway keys clients must present.
@@ -343,6 +402,32 @@ pub struct AuthSection {
     /// Keys for the admin API (`/v1/route/explain`); none = the admin API is off.
     #[serde(default)]
     pub admin_keys: Vec<String>,
+    /// Accept keys made with `tollgate keys create` (stored hashed in the ledger's database).
+    #[serde(default)]
+    pub managed_keys: bool,
+    /// How often the managed keys are read again (a key made or revoked elsewhere takes effect).
+    #[serde(default = "default_key_refresh")]
+    pub key_refresh: Dur,
+    /// End a stream when its key's or team's budget runs out midway, metered to the cut.
+    #[serde(default)]
+    pub cut_streams_over_budget: bool,
+}
+
+fn default_key_refresh() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        AuthSection {
+            keys: Vec::new(),
+            open: false,
+            admin_keys: Vec::new(),
+            managed_keys: false,
+            key_refresh: default_key_refresh(),
+            cut_streams_over_budget: false,
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -59,6 +59,22 @@ const MIGRATIONS: &[(i64, &str)] = &[
         2,
         "CREATE INDEX IF NOT EXISTS tollgate_usage_ts ON tollgate_usage (ts_ms)",
     ),
+    (
+        3,
+        // Gateway keys: the digest only, never the key.
+        "CREATE TABLE IF NOT EXISTS tollgate_keys (
+        id TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        team TEXT,
+        budget_daily_pico BIGINT,
+        budget_monthly_pico BIGINT,
+        rpm BIGINT,
+        tpm BIGINT,
+        created_ms BIGINT NOT NULL,
+        revoked_ms BIGINT
+    )",
+    ),
 ];
 
 /// One request, as the ledger keeps it.
@@ -177,25 +193,7 @@ impl Writer {
 impl Ledger {
     /// Connects, migrates, and starts the writer.
     pub async fn open(settings: &LedgerSettings, counters: LedgerCounters) -> Result<(Ledger, Writer), sqlx::Error> {
-        install_default_drivers();
-        let url = sqlite_create_mode(&settings.url);
-        let sqlite = url.starts_with("sqlite:");
-        let pool = AnyPoolOptions::new()
-            .max_connections(2)
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // A write-ahead log and normal syncing: a commit costs no fsync of the
-                        // database file, and readers (reports) do not block the writer.
-                        conn.execute("PRAGMA journal_mode=WAL").await?;
-                        conn.execute("PRAGMA synchronous=NORMAL").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
-        migrate(&pool).await?;
+        let pool = connect(&settings.url, 2).await?;
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let (close, closed) = oneshot::channel();
         let task = tokio::spawn(write_batches(pool, rx, closed, settings.clone(), counters.clone()));
@@ -223,6 +221,31 @@ impl Ledger {
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+}
+
+/// Opens the ledger's database (a SQLite file is created if missing) and
+/// brings its schema up to date; used by the writer, reports and key store.
+pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
+    install_default_drivers();
+    let url = sqlite_create_mode(url);
+    let sqlite = url.starts_with("sqlite:");
+    let pool = AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    // A write-ahead log and normal syncing: a commit costs no fsync of the
+                    // database file, and readers (reports) do not block the writer.
+                    conn.execute("PRAGMA journal_mode=WAL").await?;
+                    conn.execute("PRAGMA synchronous=NORMAL").await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await?;
+    migrate(&pool).await?;
+    Ok(pool)
 }
 
 /// SQLite creates a missing file only when asked (`mode=rwc`); its directory is created here.

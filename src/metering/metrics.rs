@@ -1,10 +1,13 @@
 //! The Prometheus registry behind `/metrics`. Labels are bounded: endpoint,
-//! configured model and provider names, and status; never request ids or keys.
+//! configured model and provider names, and status; never request ids or
+//! raw keys. Key ids and teams label only the `tollgate_key_*` series, and
+//! only when the operator turns them on (`metrics.key_labels`).
 
 use std::time::Duration;
 
 use prometheus::{
-    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::api::Usage;
@@ -40,6 +43,8 @@ pub struct Series {
     ttft: prometheus::Histogram,
     prompt_tokens: prometheus::IntCounter,
     completion_tokens: prometheus::IntCounter,
+    /// Cached input, cache writes and reasoning, counted when there are any.
+    detail_tokens: [prometheus::IntCounter; 3],
     /// By phase, in `ReportedTime::phases` order.
     reported: [prometheus::Counter; 4],
     cost: ExactCounter,
@@ -117,12 +122,26 @@ impl Series {
     pub fn usage(&self, usage: &Usage) {
         self.prompt_tokens.inc_by(usage.prompt_tokens);
         self.completion_tokens.inc_by(usage.completion_tokens);
+        for (counter, n) in self.detail_tokens.iter().zip(detail_counts(usage)) {
+            if n > 0 {
+                counter.inc_by(n);
+            }
+        }
         if !usage.reported_time.is_zero() {
             for (counter, (_, time)) in self.reported.iter().zip(usage.reported_time.phases()) {
                 counter.inc_by(time.as_secs_f64());
             }
         }
     }
+}
+
+/// The `type` labels of token kinds beyond prompt and completion (which
+/// they are part of: cached and cache-written tokens are prompt tokens,
+/// reasoning tokens completion ones).
+const DETAIL_TYPES: [&str; 3] = ["cached", "cache_write", "reasoning"];
+
+fn detail_counts(u: &Usage) -> [u64; 3] {
+    [u.cached_tokens, u.cache_write_tokens, u.reasoning_tokens]
 }
 
 /// Who served a request, as metric labels.
@@ -150,6 +169,33 @@ pub struct Metrics {
     ledger_rows: IntCounterVec,
     ledger_queue: IntGauge,
     rate_limited: IntCounterVec,
+    overhead: [Histogram; 3],
+    budget: BudgetMetrics,
+    /// `metrics.key_labels`: per key and team series.
+    keys: Option<KeyMetrics>,
+}
+
+/// Budgets: refusals, streams cut, and how much of each budget is spent.
+struct BudgetMetrics {
+    rejected: IntCounterVec,
+    cutoffs: IntCounterVec,
+    used: GaugeVec,
+}
+
+/// Requests, tokens and cost by key id and team.
+struct KeyMetrics {
+    requests: IntCounterVec,
+    tokens: IntCounterVec,
+    cost: ExactCounterVec,
+}
+
+/// One finished request of a key, for [`Metrics::key_request`].
+pub struct KeyOutcome<'a> {
+    pub key: &'a str,
+    pub team: &'a str,
+    pub status: u16,
+    pub usage: Option<&'a Usage>,
+    pub cost: Option<Pico>,
 }
 
 /// What the router decided and how often it had to try again.
@@ -166,6 +212,7 @@ struct MirrorMetrics {
     requests: IntCounterVec,
     duration: HistogramVec,
     tokens: IntCounterVec,
+    cost: ExactCounterVec,
     skipped: IntCounterVec,
 }
 
@@ -179,6 +226,7 @@ pub struct MirrorSide<'a> {
     pub status: u16,
     pub elapsed: Duration,
     pub usage: Option<&'a Usage>,
+    pub cost: Option<Pico>,
 }
 
 /// Decrements the in-flight gauge when the request, stream included, is over.
@@ -195,8 +243,18 @@ const DURATION_BUCKETS: &[f64] = &[
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 ];
 
+/// tollgate's own time per request: tens of microseconds, up to a stalled millisecond or more.
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+];
+
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_key_labels(false)
+    }
+
+    /// With `key_labels`, the `tollgate_key_*` series too.
+    pub fn with_key_labels(key_labels: bool) -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -227,7 +285,7 @@ impl Metrics {
         let tokens = IntCounterVec::new(
             Opts::new(
                 "tollgate_tokens_total",
-                "Tokens reported by upstreams, by model, provider and type (prompt, completion)",
+                "Tokens by model, provider and type (prompt, completion; cached, cache_write: part of prompt; reasoning: part of completion)",
             ),
             &["model", "provider", "type"],
         )
@@ -275,6 +333,11 @@ impl Metrics {
                 &["route", "role", "model", "provider", "type"],
             )
             .expect("valid metric"),
+            cost: ExactCounterVec::new(
+                "tollgate_mirror_cost_usd_total",
+                "Mirrored requests' cost in USD at the catalog's prices, primary and shadow",
+                &mirror_labels,
+            ),
             skipped: IntCounterVec::new(
                 Opts::new(
                     "tollgate_mirror_skipped_total",
@@ -371,9 +434,9 @@ impl Metrics {
         let rate_limited = IntCounterVec::new(
             Opts::new(
                 "tollgate_rate_limited_total",
-                "Backends skipped for a model's rate limit, by model, provider and limit (requests, tokens)",
+                "Requests held back by a rate limit, by scope (backend: skipped for it; key, team: refused), model and provider (backend scope only) and limit (requests, tokens)",
             ),
-            &["model", "provider", "limit"],
+            &["scope", "model", "provider", "limit"],
         )
         .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
@@ -398,6 +461,70 @@ impl Metrics {
         )
         .expect("valid metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let overhead = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_overhead_seconds",
+                "tollgate's own time per request: its duration minus the time spent waiting on upstreams",
+            )
+            .buckets(OVERHEAD_BUCKETS.to_vec()),
+            &["endpoint"],
+        )
+        .expect("valid metric");
+        let budget = BudgetMetrics {
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_budget_rejected_total",
+                    "Requests refused because a key's or team's budget was spent, by scope (key, team) and period (day, month)",
+                ),
+                &["scope", "period"],
+            )
+            .expect("valid metric"),
+            cutoffs: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_budget_stream_cutoffs_total",
+                    "Streams ended midway because they crossed a key's or team's budget, by scope and period",
+                ),
+                &["scope", "period"],
+            )
+            .expect("valid metric"),
+            used: GaugeVec::new(
+                Opts::new(
+                    "tollgate_budget_used_ratio",
+                    "Share of each budget spent (1 = all of it), by scope (key: name is the key id; team), name and period",
+                ),
+                &["scope", "name", "period"],
+            )
+            .expect("valid metric"),
+        };
+        let keys = key_labels.then(|| KeyMetrics {
+            requests: IntCounterVec::new(
+                Opts::new(
+                    "tollgate_key_requests_total",
+                    "Requests by gateway key id, team and HTTP status",
+                ),
+                &["key", "team", "status"],
+            )
+            .expect("valid metric"),
+            tokens: IntCounterVec::new(
+                Opts::new("tollgate_key_tokens_total", "Tokens by gateway key id, team and type"),
+                &["key", "team", "type"],
+            )
+            .expect("valid metric"),
+            cost: ExactCounterVec::new(
+                "tollgate_key_cost_usd_total",
+                "Cost in USD at the catalog's prices by gateway key id and team",
+                &["key", "team"],
+            ),
+        });
+        if let Some(k) = &keys {
+            for c in [
+                Box::new(k.requests.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(k.tokens.clone()),
+                Box::new(k.cost.clone()),
+            ] {
+                registry.register(c).expect("metric names are unique");
+            }
+        }
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -408,6 +535,7 @@ impl Metrics {
             Box::new(mirror.requests.clone()),
             Box::new(mirror.duration.clone()),
             Box::new(mirror.tokens.clone()),
+            Box::new(mirror.cost.clone()),
             Box::new(mirror.skipped.clone()),
             Box::new(routing.decisions.clone()),
             Box::new(routing.retries.clone()),
@@ -422,6 +550,10 @@ impl Metrics {
             Box::new(rate_limited.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
+            Box::new(overhead.clone()),
+            Box::new(budget.rejected.clone()),
+            Box::new(budget.cutoffs.clone()),
+            Box::new(budget.used.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -443,12 +575,65 @@ impl Metrics {
             ledger_rows,
             ledger_queue,
             rate_limited,
+            overhead: Endpoint::ALL.map(|e| overhead.with_label_values(&[e.as_str()])),
+            budget,
+            keys,
         }
     }
 
-    /// A backend was skipped: its `limit` (requests or tokens per minute) was reached.
-    pub fn rate_limited(&self, model: &str, provider: &str, limit: &str) {
-        self.rate_limited.with_label_values(&[model, provider, limit]).inc();
+    /// A rate limit held a request back: a backend's (`scope` backend, the
+    /// backend skipped) or a key's or team's (refused; model and provider empty).
+    pub fn rate_limited(&self, scope: &str, model: &str, provider: &str, limit: &str) {
+        self.rate_limited
+            .with_label_values(&[scope, model, provider, limit])
+            .inc();
+    }
+
+    /// tollgate's own time on a request.
+    pub fn overhead(&self, endpoint: Endpoint, time: Duration) {
+        self.overhead[endpoint as usize].observe(time.as_secs_f64());
+    }
+
+    /// A request refused for a spent budget.
+    pub fn budget_rejected(&self, scope: &str, period: &str) {
+        self.budget.rejected.with_label_values(&[scope, period]).inc();
+    }
+
+    /// A stream ended for crossing a budget.
+    pub fn budget_cutoff(&self, scope: &str, period: &str) {
+        self.budget.cutoffs.with_label_values(&[scope, period]).inc();
+    }
+
+    /// Sets every budget's spent share, at scrape time; budgets gone since are dropped.
+    pub fn budgets_used<'a>(&self, uses: impl IntoIterator<Item = (&'a str, &'a str, &'a str, f64)>) {
+        self.budget.used.reset();
+        for (scope, name, period, ratio) in uses {
+            self.budget.used.with_label_values(&[scope, name, period]).set(ratio);
+        }
+    }
+
+    /// Whether the `tollgate_key_*` series are kept.
+    pub fn key_labels(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// One finished request of a key (with `metrics.key_labels` only).
+    pub fn key_request(&self, o: KeyOutcome<'_>) {
+        let Some(k) = &self.keys else { return };
+        k.requests
+            .with_label_values(&[o.key, o.team, &status_label(o.status)])
+            .inc();
+        if let Some(u) = o.usage {
+            let kinds = [("prompt", u.prompt_tokens), ("completion", u.completion_tokens)];
+            for (kind, n) in kinds.into_iter().chain(DETAIL_TYPES.into_iter().zip(detail_counts(u))) {
+                if n > 0 {
+                    k.tokens.with_label_values(&[o.key, o.team, kind]).inc_by(n);
+                }
+            }
+        }
+        if let Some(pico) = o.cost {
+            k.cost.with(&[o.key, o.team]).add(pico);
+        }
     }
 
     /// The ledger's counters, for the ledger to keep.
@@ -516,6 +701,9 @@ impl Metrics {
                     .inc_by(n);
             }
         }
+        if let Some(pico) = side.cost {
+            self.mirror.cost.with(&labels).add(pico);
+        }
     }
 
     /// A request was not mirrored: the shadow capacity was full.
@@ -552,6 +740,7 @@ impl Metrics {
             ttft: self.ttft.with_label_values(&[endpoint, model, provider]),
             prompt_tokens: self.tokens.with_label_values(&[model, provider, "prompt"]),
             completion_tokens: self.tokens.with_label_values(&[model, provider, "completion"]),
+            detail_tokens: DETAIL_TYPES.map(|t| self.tokens.with_label_values(&[model, provider, t])),
             reported: ReportedTime::default()
                 .phases()
                 .map(|(phase, _)| self.reported.with_label_values(&[model, provider, phase])),
@@ -585,6 +774,13 @@ impl Metrics {
             self.tokens
                 .with_label_values(&[labels.model, labels.provider, "completion"])
                 .inc_by(usage.completion_tokens);
+        }
+        for (kind, n) in DETAIL_TYPES.into_iter().zip(detail_counts(usage)) {
+            if n > 0 {
+                self.tokens
+                    .with_label_values(&[labels.model, labels.provider, kind])
+                    .inc_by(n);
+            }
         }
         for (phase, time) in usage.reported_time.phases() {
             if !time.is_zero() {

@@ -26,6 +26,9 @@ pub struct Features<'a> {
     pub metadata: Option<&'a Map<String, Value>>,
     /// The text the domain classifier reads.
     pub last_user_text: &'a str,
+    /// The caller's key id and team, set from the request's key.
+    pub key_id: Option<&'a str>,
+    pub team: Option<&'a str>,
 }
 
 impl<'a> Features<'a> {
@@ -66,6 +69,8 @@ impl<'a> Features<'a> {
             user: req.user.as_deref(),
             metadata: req.extra.get("metadata").and_then(Value::as_object),
             last_user_text,
+            key_id: None,
+            team: None,
         }
     }
 
@@ -88,6 +93,8 @@ impl<'a> Features<'a> {
             user: req.extra.get("user").and_then(Value::as_str),
             metadata: None,
             last_user_text: text,
+            key_id: None,
+            team: None,
         }
     }
 
@@ -109,6 +116,8 @@ impl<'a> Features<'a> {
             user: req.extra.get("user").and_then(Value::as_str),
             metadata: None,
             last_user_text: "",
+            key_id: None,
+            team: None,
         }
     }
 }

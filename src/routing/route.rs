@@ -29,6 +29,7 @@ pub struct Matcher {
     /// (name, value); `None` = present with any value.
     headers: Vec<(HeaderName, Option<String>)>,
     keys: Vec<String>,
+    teams: Vec<String>,
     user: Option<Glob>,
     metadata: Vec<(String, String)>,
     stream: Option<bool>,
@@ -107,6 +108,7 @@ impl Matcher {
             endpoints,
             headers,
             keys: section.keys.0.clone(),
+            teams: section.teams.0.clone(),
             user: section.user.as_deref().map(Glob::new),
             metadata: section.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             stream: section.stream,
@@ -138,9 +140,8 @@ impl Matcher {
             (Some(_), None) => true,
             (Some(v), Some(w)) => v.as_bytes() == w.as_bytes(),
         });
-        // The key's digest is computed only for routes that match on keys.
-        let keys_ok =
-            self.keys.is_empty() || crate::server::auth::key_id(headers).is_some_and(|id| self.keys.contains(&id));
+        let keys_ok = self.keys.is_empty() || f.key_id.is_some_and(|id| self.keys.iter().any(|k| k == id));
+        let teams_ok = self.teams.is_empty() || f.team.is_some_and(|t| self.teams.iter().any(|k| k == t));
         let user_ok = self.user.as_ref().is_none_or(|g| f.user.is_some_and(|u| g.matches(u)));
         let metadata_ok = self.metadata.iter().all(|(k, v)| {
             f.metadata
@@ -148,7 +149,7 @@ impl Matcher {
                 .and_then(serde_json::Value::as_str)
                 .is_some_and(|have| have == v)
         });
-        if !(headers_ok && keys_ok && user_ok && metadata_ok) {
+        if !(headers_ok && keys_ok && teams_ok && user_ok && metadata_ok) {
             return false;
         }
         let model_ok = self.models.is_empty()

@@ -40,6 +40,16 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         };
         gw.metrics.circuit_state(&b.model, &b.provider_name, state);
     }
+    // Budgets' use too: spend changes with requests, the period with the clock.
+    let mut budgets = Vec::new();
+    gw.registry.budget_use(crate::keys::budget::Now::current(), |u| {
+        budgets.push((u.scope, u.name.to_owned(), u.period.as_str(), u.ratio));
+    });
+    gw.metrics.budgets_used(
+        budgets
+            .iter()
+            .map(|(scope, name, period, ratio)| (*scope, name.as_str(), *period, *ratio)),
+    );
     let mut resp = Response::new(gw.metrics.render().into());
     resp.headers_mut().insert(
         CONTENT_TYPE,

@@ -36,7 +36,11 @@ async fn decide(gw: &Gateway, req: Request) -> Result<Value, ApiError> {
             .with_param(param)
             .with_code("invalid_value")
     })?;
-    let f = Features::chat(&chat);
+    let mut f = Features::chat(&chat);
+    // The admin may ask as if a given key or team sent the request.
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    f.key_id = header("x-tollgate-key-id");
+    f.team = header("x-tollgate-team");
     let now = Instant::now();
     let d = gw.router.load().decide(&f, &parts.headers, now)?;
     let attempts = if d.candidates.is_empty() { 0 } else { d.attempts() };

@@ -22,6 +22,9 @@ use super::respond;
 use super::state::Gateway;
 use crate::api::error::from_json_error;
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, Invalid};
+use crate::keys::Caller;
+use crate::keys::budget::{Now, Period};
+use crate::keys::registry::ManagedKey;
 use crate::metering::Endpoint;
 use crate::providers::{Call, Provider, Reply, UpstreamError};
 use crate::routing::limits::Limited as RateLimited;
@@ -134,8 +137,10 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
         .unwrap_or(HeaderValue::from_static("-"));
     let request_id = request_header.to_str().unwrap_or("-");
     if gw.ledger.is_some() {
-        meter.ledger(gw.ledger.clone(), request_id, super::auth::key_id(&parts.headers));
+        meter.ledger(gw.ledger.clone(), request_id);
     }
+    let caller = parts.extensions.get::<Caller>().cloned();
+    meter.caller(caller.clone());
 
     let prepared = async {
         let body_deadline = deadline.min(started + gw.settings.body_timeout);
@@ -146,7 +151,11 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 .with_param(param)
                 .with_code("invalid_value")
         })?;
-        let features = parsed.features();
+        let mut features = parsed.features();
+        if let Some(c) = &caller {
+            features.key_id = Some(c.id());
+            features.team = c.team();
+        }
         let decision = gw.router.load().decide(&features, &parts.headers, Instant::now())?;
         if let Some(err) = decision.nothing_left() {
             return Err(err);
@@ -163,7 +172,15 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
         }
     };
     let route_header = decision.route_header.clone();
+    if let Some(key) = caller.as_ref().and_then(Caller::managed)
+        && let Some(refused) = refuse_key(&gw, &mut meter, key, prompt_tokens, max_tokens)
+    {
+        return refused;
+    }
     meter.prompt_estimate(prompt_tokens);
+    if parsed.is_stream() && gw.cuts_streams() {
+        meter.watch_budget();
+    }
     meter.routed(&decision.route, parsed.model(), parsed.is_stream());
     let stream = parsed.is_stream();
     let forward_usage = parsed.wants_stream_usage();
@@ -209,16 +226,21 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 }
                 tokio::time::sleep(wait).await;
             }
-            if let Some(l) = &backend.limits
-                && let Err(refused) = l.take(prompt_tokens, max_tokens)
-            {
-                gw.metrics
-                    .rate_limited(&backend.model, &backend.provider_name, refused.limit);
-                skipped.push(format!("{}: {refused}", backend.model));
-                limited = Some(refused);
-                continue 'backends;
-            }
+            let reservation = match backend.limits.as_ref().map(|l| l.take(prompt_tokens, max_tokens)) {
+                None => None,
+                Some(Ok(reservation)) => reservation,
+                Some(Err(refused)) => {
+                    gw.metrics
+                        .rate_limited("backend", &backend.model, &backend.provider_name, refused.limit);
+                    skipped.push(format!("{}: {refused}", backend.model));
+                    limited = Some(refused);
+                    continue 'backends;
+                }
+            };
             if let Err(why) = backend.health.admit(Instant::now(), decision.honour_cooldown) {
+                if let Some(r) = reservation {
+                    r.settle(0);
+                }
                 skipped.push(format!("{}: {why}", backend.model));
                 continue 'backends;
             }
@@ -227,7 +249,7 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 let kind = if again > 0 { "same_backend" } else { "fallback" };
                 gw.metrics.retry(&decision.route, kind);
             }
-            meter.resolved(backend);
+            meter.resolved(backend, reservation);
             let last = i + 1 == attempts && again == retry.same_backend;
             let Some(req) = (if last { parsed.take() } else { parsed.clone() }) else {
                 break 'backends;
@@ -239,7 +261,9 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 requested_model: &requested,
             };
             let began = Instant::now();
-            let reply = match timeout_at(deadline, req.send(&*backend.provider, call)).await {
+            let sent = timeout_at(deadline, req.send(&*backend.provider, call)).await;
+            meter.waited(began.elapsed());
+            let reply = match sent {
                 Err(_) => {
                     backend.health.release();
                     return timed_out(&mut meter);
@@ -288,7 +312,10 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                     // Wait for the first event before answering, so a failure
                     // before any data is an ordinary HTTP error, and the next
                     // backend can still be tried.
-                    let first = match timeout_at(deadline, events.next()).await {
+                    let waiting = Instant::now();
+                    let first = timeout_at(deadline, events.next()).await;
+                    meter.waited(waiting.elapsed());
+                    let first = match first {
                         Err(_) => {
                             backend.health.release();
                             return timed_out(&mut meter);
@@ -358,6 +385,69 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
             resp
         }
     }
+}
+
+/// Checks a managed key's budgets and rate limits, and its team's, before
+/// any upstream is called. Refused: the 429 to send (metered).
+fn refuse_key(
+    gw: &Gateway,
+    meter: &mut RequestMeter,
+    key: &ManagedKey,
+    prompt_tokens: u64,
+    max_tokens: Option<u64>,
+) -> Option<Response> {
+    let now = Now::current();
+    let team = key.team.as_deref();
+    let budgets = [Some(("key", key.record.budget(), &key.spend))]
+        .into_iter()
+        .chain([team.map(|t| ("team", t.spec.budget, &t.spend))])
+        .flatten();
+    for (scope, budget, spend) in budgets {
+        if let Some((period, limit)) = budget.exhausted(spend.spent(now)) {
+            gw.metrics.budget_rejected(scope, period.as_str());
+            meter.finish(429);
+            return Some(respond::error(&budget_error(scope, period, limit, now)));
+        }
+    }
+    let limits = [
+        ("key", key.limits.as_deref()),
+        ("team", team.and_then(|t| t.limits.as_deref())),
+    ];
+    for (scope, limits) in limits {
+        let Some(limits) = limits else { continue };
+        match limits.take(prompt_tokens, max_tokens) {
+            Ok(reservation) => meter.reserved(reservation),
+            Err(refused) => {
+                gw.metrics.rate_limited(scope, "", "", refused.limit);
+                meter.finish(429);
+                let mut resp = respond::error(&rate_limit_error(&refused, &[format!("{scope}: {refused}")]));
+                rate_limit_headers(resp.headers_mut(), &refused);
+                return Some(resp);
+            }
+        }
+    }
+    None
+}
+
+/// 429 `budget_exceeded`, with `Retry-After` until the period starts again.
+pub(super) fn budget_error(scope: &str, period: Period, limit: crate::metering::cost::Pico, now: Now) -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        crate::api::ErrorKind::RateLimit,
+        format!(
+            "This {scope}'s {} budget of ${} is spent; it renews at the start of the next UTC {}.",
+            match period {
+                Period::Day => "daily",
+                Period::Month => "monthly",
+            },
+            crate::metering::cost::usd_text(limit),
+            period.as_str()
+        ),
+    )
+    .with_code("budget_exceeded");
+    e.kind = "insufficient_quota".into();
+    e.retry_after = Some(now.until_reset(period).as_secs().max(1));
+    e
 }
 
 /// OpenAI's rate-limit error: 429, `rate_limit_exceeded`, and how long to wait.

@@ -8,12 +8,15 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
 use crate::api::Usage;
+use crate::keys::Caller;
+use crate::keys::budget::{Now, Period};
 use crate::metering::cost::{Pico, Pricing};
 use crate::metering::estimate;
 use crate::metering::ledger::{Ledger, Row};
-use crate::metering::metrics::{InFlight, MirrorSide};
+use crate::metering::metrics::{InFlight, KeyOutcome, MirrorSide};
 use crate::metering::{Endpoint, Labels, Metrics, Series};
 use crate::routing::Backend;
+use crate::routing::limits::Reservation;
 
 pub struct RequestMeter {
     metrics: Arc<Metrics>,
@@ -44,6 +47,23 @@ pub struct RequestMeter {
     /// The usage ledger, and what its row says beyond the metrics.
     ledger: Option<Ledger>,
     row: Row,
+    /// Whose key: its spend, limits and labels.
+    caller: Option<Caller>,
+    /// Tokens reserved from the key's and team's limits, and from the serving backend's.
+    reserved: Vec<Reservation>,
+    backend_reserved: Option<Reservation>,
+    /// Set when a stream ends at the caller's budget (`auth.cut_streams_over_budget`).
+    watch_budget: bool,
+    /// Time spent waiting on upstreams: what is not tollgate's overhead.
+    upstream_wait: std::time::Duration,
+}
+
+/// A stream that crossed a budget: whose (`key` or `team`), which period, what limit.
+#[derive(Debug, Clone, Copy)]
+pub struct Crossed {
+    pub scope: &'static str,
+    pub period: Period,
+    pub limit: Pico,
 }
 
 impl RequestMeter {
@@ -68,16 +88,40 @@ impl RequestMeter {
             mirror_route: None,
             ledger: None,
             row: Row::default(),
+            caller: None,
+            reserved: Vec::new(),
+            backend_reserved: None,
+            watch_budget: false,
+            upstream_wait: std::time::Duration::ZERO,
         }
     }
 
-    /// Writes a ledger row when the request ends; `id` and `key_id` say whose request it was.
-    pub fn ledger(&mut self, ledger: Option<Ledger>, id: &str, key_id: Option<String>) {
+    /// Writes a ledger row, with request id `id`, when the request ends.
+    pub fn ledger(&mut self, ledger: Option<Ledger>, id: &str) {
         self.ledger = ledger;
         if self.ledger.is_some() {
             self.row.id = id.to_owned();
-            self.row.key_id = key_id;
         }
+    }
+
+    /// Whose request this is: the ledger's key id and team, the budget its cost is spent from.
+    pub fn caller(&mut self, caller: Option<Caller>) {
+        self.caller = caller;
+    }
+
+    /// Tokens reserved from the caller's limits, settled with the usage at the end.
+    pub fn reserved(&mut self, reservation: Option<Reservation>) {
+        self.reserved.extend(reservation);
+    }
+
+    /// Ends the stream if it crosses the caller's budget.
+    pub fn watch_budget(&mut self) {
+        self.watch_budget = self.caller.as_ref().is_some_and(|c| c.managed().is_some());
+    }
+
+    /// Time spent waiting on an upstream.
+    pub fn waited(&mut self, time: std::time::Duration) {
+        self.upstream_wait += time;
     }
 
     /// What was asked and how it was routed, for the ledger.
@@ -93,8 +137,13 @@ impl RequestMeter {
         self.started
     }
 
-    /// From now on the request is labelled with its model and provider.
-    pub fn resolved(&mut self, backend: &Backend) {
+    /// From now on the request is labelled with its model and provider;
+    /// `reservation` is what it reserved of the backend's tokens per minute
+    /// (a previous backend's, which did not serve, is given back).
+    pub fn resolved(&mut self, backend: &Backend, reservation: Option<Reservation>) {
+        if let Some(previous) = std::mem::replace(&mut self.backend_reserved, reservation) {
+            previous.settle(0);
+        }
         let series = backend.series[self.endpoint as usize].clone();
         self.backend = Some((backend.model.clone(), backend.provider_name.clone(), series));
         self.pricing = backend.pricing;
@@ -124,9 +173,30 @@ impl RequestMeter {
         self.usage = Some(usage);
     }
 
-    /// More generated text went to the client.
-    pub fn streamed(&mut self, chars: usize) {
+    /// More generated text went to the client. Says whether the stream has
+    /// now crossed its caller's budget, when that is watched.
+    pub fn streamed(&mut self, chars: usize) -> Option<Crossed> {
         self.streamed_chars += chars;
+        if !self.watch_budget || self.usage.is_some() {
+            return None;
+        }
+        let pricing = self.pricing?;
+        let key = self.caller.as_ref()?.managed()?;
+        let so_far = Usage::estimated(self.prompt_estimate, self.streamed_tokens());
+        let running = pricing.cost(&so_far, self.started.elapsed());
+        let now = Now::current();
+        let crossed = |scope, budget: crate::keys::Budget, spend: &crate::keys::budget::Spend| {
+            budget
+                .crossed_by(spend.spent(now), running)
+                .map(|(period, limit)| Crossed { scope, period, limit })
+        };
+        crossed("key", key.record.budget(), &key.spend)
+            .or_else(|| key.team.as_ref().and_then(|t| crossed("team", t.spec.budget, &t.spend)))
+    }
+
+    /// The tokens of the text streamed so far, estimated.
+    fn streamed_tokens(&self) -> u64 {
+        estimate::tokens_of_chars(self.streamed_chars)
     }
 
     /// The prompt's estimated tokens, for a stream that ends without usage.
@@ -168,6 +238,44 @@ impl RequestMeter {
     pub fn finish(&mut self, status: u16) {
         self.status = Some(status);
     }
+
+    /// The stream was ended at its budget.
+    pub fn cut_at_budget(&mut self, crossed: Crossed) {
+        self.metrics.budget_cutoff(crossed.scope, crossed.period.as_str());
+        if self.ledger.is_some() {
+            self.row.error_kind = Some("budget_cutoff".to_owned());
+        }
+        self.finish(429);
+    }
+
+    /// Settles token reservations, spends the cost from the caller's budgets
+    /// and counts the key's series.
+    fn account_caller(&mut self, status: u16) {
+        let used = self.usage.as_ref().map_or(0, |u| u.prompt_tokens + u.completion_tokens);
+        for r in self.reserved.drain(..) {
+            r.settle(used);
+        }
+        if let Some(r) = self.backend_reserved.take() {
+            r.settle(used);
+        }
+        let Some(caller) = &self.caller else { return };
+        if let (Some(key), Some(pico)) = (caller.managed(), self.cost) {
+            let now = Now::current();
+            key.spend.add(now, pico);
+            if let Some(team) = &key.team {
+                team.spend.add(now, pico);
+            }
+        }
+        if self.metrics.key_labels() {
+            self.metrics.key_request(KeyOutcome {
+                key: caller.id(),
+                team: caller.team().unwrap_or(""),
+                status,
+                usage: self.usage.as_ref(),
+                cost: self.cost,
+            });
+        }
+    }
 }
 
 impl RequestMeter {
@@ -181,6 +289,10 @@ impl RequestMeter {
             format!("{}/{}", labels.provider, labels.model)
         };
         row.provider = labels.provider.to_owned();
+        if let Some(c) = &self.caller {
+            row.key_id = Some(c.id().to_owned());
+            row.team = c.team().map(str::to_owned);
+        }
         row.set_usage(self.usage.as_ref(), self.cost);
         row.set_timing(elapsed);
         row.ttft_ms = self.ttft.map(|t| t.as_millis() as i64);
@@ -195,8 +307,13 @@ impl Drop for RequestMeter {
         let elapsed = self.started.elapsed();
         if self.usage.is_none() && self.streamed_chars > 0 {
             // Cut or cancelled midway: what was produced is metered and costed, marked estimated.
-            let completion = estimate::tokens_of_chars(self.streamed_chars);
+            let completion = self.streamed_tokens();
             self.usage(Usage::estimated(self.prompt_estimate, completion));
+        }
+        self.metrics
+            .overhead(self.endpoint, elapsed.saturating_sub(self.upstream_wait));
+        if self.caller.is_some() || !self.reserved.is_empty() || self.backend_reserved.is_some() {
+            self.account_caller(status);
         }
         if let Some(ledger) = self.ledger.take() {
             ledger.record(self.ledger_row(status, elapsed));
@@ -211,6 +328,7 @@ impl Drop for RequestMeter {
                 status,
                 elapsed,
                 usage: self.usage.as_ref(),
+                cost: self.cost,
             });
         }
         if let (200, Some((_, _, series))) = (status, &self.backend) {

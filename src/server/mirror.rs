@@ -70,6 +70,7 @@ pub fn spawn<R: ProxyRequest>(gw: Arc<Gateway>, shadow: Shadow<R>) {
             }
         };
         let elapsed = started.elapsed();
+        let cost = usage.zip(backend.pricing).map(|(u, p)| p.cost(&u, elapsed));
         gw.metrics.mirrored(MirrorSide {
             route: &route,
             role: "shadow",
@@ -78,6 +79,7 @@ pub fn spawn<R: ProxyRequest>(gw: Arc<Gateway>, shadow: Shadow<R>) {
             status,
             elapsed,
             usage: usage.as_ref(),
+            cost,
         });
         if let Some(ledger) = &gw.ledger {
             let mut row = Row {
@@ -91,10 +93,7 @@ pub fn spawn<R: ProxyRequest>(gw: Arc<Gateway>, shadow: Shadow<R>) {
                 shadow: true,
                 ..Row::default()
             };
-            row.set_usage(
-                usage.as_ref(),
-                usage.zip(backend.pricing).map(|(u, p)| p.cost(&u, elapsed)),
-            );
+            row.set_usage(usage.as_ref(), cost);
             row.set_timing(elapsed);
             ledger.record(row);
         }

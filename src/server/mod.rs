@@ -4,6 +4,7 @@ mod admin;
 pub mod auth;
 mod explain;
 mod handlers;
+pub mod keys;
 mod meter;
 mod mirror;
 pub mod relay;

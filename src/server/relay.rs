@@ -14,7 +14,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body, Frame};
 use tokio::time::{Instant, Sleep};
 
-use super::meter::RequestMeter;
+use super::meter::{Crossed, RequestMeter};
 use crate::api::ApiError;
 use crate::metering::cost::{Pico, usd};
 use crate::providers::{EventStream, StreamEvent};
@@ -28,6 +28,8 @@ pub struct SseRelay {
     done: bool,
     meter: RequestMeter,
     request_id: Box<str>,
+    /// Since when the upstream has had nothing for us: its wait is not tollgate's overhead.
+    waiting_since: Option<Instant>,
 }
 
 impl SseRelay {
@@ -47,14 +49,17 @@ impl SseRelay {
             done: false,
             meter,
             request_id: request_id.into(),
+            waiting_since: None,
         }
     }
 
-    /// Writes one event into `out`, or nothing when it is a usage chunk the client did not ask for.
-    fn write_event(&mut self, out: &mut BytesMut, event: StreamEvent) {
+    /// Writes one event into `out`, or nothing when it is a usage chunk the
+    /// client did not ask for. Says when the stream has crossed its budget.
+    fn write_event(&mut self, out: &mut BytesMut, event: StreamEvent) -> Option<Crossed> {
+        let mut crossed = None;
         if event.has_content {
             self.meter.first_token();
-            self.meter.streamed(generated_chars(&event.data));
+            crossed = self.meter.streamed(generated_chars(&event.data));
         }
         if let Some(u) = event.usage {
             self.meter.usage(u);
@@ -65,6 +70,22 @@ impl SseRelay {
                 None => put_sse_data(out, &event.data),
             }
         }
+        crossed
+    }
+
+    /// Ends the stream at its budget: what was produced so far was sent, and
+    /// is metered (estimated); the upstream is dropped, so it stops generating.
+    fn cut(&mut self, out: &mut BytesMut, crossed: Crossed) {
+        self.done = true;
+        self.meter.cut_at_budget(crossed);
+        tracing::warn!(request_id = %self.request_id, scope = crossed.scope, period = crossed.period.as_str(), "stream ended: budget spent");
+        let error = super::handlers::budget_error(
+            crossed.scope,
+            crossed.period,
+            crossed.limit,
+            crate::keys::budget::Now::current(),
+        );
+        put_sse_data(out, &error.to_json());
     }
 
     /// Ends the stream with one error event; no `[DONE]` follows.
@@ -156,12 +177,26 @@ impl Body for SseRelay {
             return Poll::Ready(None);
         }
         let mut out = BytesMut::new();
-        if let Some(first) = this.first.take() {
-            this.write_event(&mut out, first);
+        if let Some(first) = this.first.take()
+            && let Some(crossed) = this.write_event(&mut out, first)
+        {
+            this.cut(&mut out, crossed);
+            return Poll::Ready(Some(Ok(Frame::data(out.freeze()))));
         }
         while out.len() < COALESCE_BYTES {
-            match this.events.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(event))) => this.write_event(&mut out, event),
+            let polled = this.events.as_mut().poll_next(cx);
+            if polled.is_ready()
+                && let Some(since) = this.waiting_since.take()
+            {
+                this.meter.waited(since.elapsed());
+            }
+            match polled {
+                Poll::Ready(Some(Ok(event))) => {
+                    if let Some(crossed) = this.write_event(&mut out, event) {
+                        this.cut(&mut out, crossed);
+                        break;
+                    }
+                }
                 Poll::Ready(Some(Err(error))) => {
                     this.fail(&mut out, &error.to_api_error(), error.kind(), &error);
                     break;
@@ -173,6 +208,7 @@ impl Body for SseRelay {
                     break;
                 }
                 Poll::Pending => {
+                    this.waiting_since.get_or_insert_with(Instant::now);
                     if out.is_empty() && this.deadline.as_mut().poll(cx).is_ready() {
                         let error = ApiError::request_timeout();
                         this.fail(&mut out, &error, "timeout", &"the gateway's request timeout passed");

@@ -28,7 +28,7 @@ use tower::ServiceBuilder;
 use tower_http::catch_panic::CatchPanicLayer;
 
 use super::state::Gateway;
-use super::{admin, explain, handlers, respond};
+use super::{admin, explain, handlers, keys, respond};
 use crate::api::{ApiError, ErrorKind};
 use crate::metering::Labels;
 
@@ -40,6 +40,8 @@ pub fn app(gw: Arc<Gateway>) -> Router {
         .route("/v1/models", get(admin::models))
         .route("/v1/route/explain", post(explain::explain))
         .route("/admin/usage", get(admin::usage))
+        .route("/admin/keys", get(keys::list).post(keys::create))
+        .route("/admin/keys/{id}", axum::routing::delete(keys::revoke))
         // Model names may hold `/` (`meta-llama/Llama-3.3-70B-Instruct`).
         .route("/v1/models/{*id}", get(admin::model))
         .route("/health", get(admin::health))
@@ -107,10 +109,18 @@ async fn edge(State(gw): State<Arc<Gateway>>, mut req: Request, next: Next) -> R
         // The admin API takes admin keys only, and is off without any.
         let admin = gw.admin_keys.load();
         (admin.is_open() || !admin.admit(req.headers())).then(ApiError::invalid_admin_key)
-    } else if !matches!(req.uri().path(), "/health" | "/ready" | "/metrics") && !gw.keys.load().admit(req.headers()) {
-        Some(ApiError::invalid_api_key())
-    } else {
+    } else if matches!(req.uri().path(), "/health" | "/ready" | "/metrics") {
         None
+    } else {
+        match gw.keys.load().identify(req.headers(), &gw.registry) {
+            Ok(Some(caller)) => {
+                // The handlers read it: limits, budgets, routes by key or team, the ledger.
+                req.extensions_mut().insert(caller);
+                None
+            }
+            Ok(None) => None,
+            Err(_) => Some(ApiError::invalid_api_key()),
+        }
     };
     // Access logs cost nothing when filtered out: nothing is copied then.
     let log = tracing::enabled!(tracing::Level::INFO).then(|| (req.method().clone(), req.uri().path().to_owned()));

@@ -11,6 +11,7 @@ use tokio::sync::Semaphore;
 
 use super::auth::Keys;
 use crate::config::{Config, ServerSettings};
+use crate::keys::{KeyRegistry, KeyStore};
 use crate::metering::Metrics;
 use crate::metering::ledger::Ledger;
 use crate::routing::Router;
@@ -30,15 +31,23 @@ pub struct Gateway {
     pub ledger: Option<Ledger>,
     /// Where the ledger is, for the admin API's reports.
     pub ledger_url: Option<String>,
+    /// Managed keys and configured teams, in memory.
+    pub registry: Arc<KeyRegistry>,
+    /// The ledger's database, for managed keys and reports (opened by the caller: it connects).
+    pub store: Option<KeyStore>,
+    /// `auth.cut_streams_over_budget`.
+    cut_streams: AtomicBool,
     ready: AtomicBool,
 }
 
 impl Gateway {
     pub fn from_config(config: &Config) -> Self {
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_key_labels(config.key_labels));
+        let registry = Arc::new(KeyRegistry::default());
+        registry.set_teams(&config.teams);
         Gateway {
             settings: config.server.clone(),
-            keys: ArcSwap::from_pointee(Keys::new(&config.auth_keys)),
+            keys: ArcSwap::from_pointee(Keys::new(&config.auth_keys).with_managed(config.managed_keys)),
             admin_keys: ArcSwap::from_pointee(Keys::new(&config.admin_keys)),
             router: ArcSwap::from_pointee(Router::from_config(config, &metrics, None)),
             metrics,
@@ -48,8 +57,22 @@ impl Gateway {
             shadows: Arc::new(Semaphore::new(super::mirror::MAX_SHADOWS)),
             ledger: None,
             ledger_url: config.ledger.as_ref().map(|l| l.url.clone()),
+            registry,
+            store: None,
+            cut_streams: AtomicBool::new(config.cut_streams_over_budget),
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// Keeps managed keys in `store` (the ledger's database).
+    pub fn with_store(mut self, store: Option<KeyStore>) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// Whether a stream that crosses its budget is ended.
+    pub fn cuts_streams(&self) -> bool {
+        self.cut_streams.load(Ordering::Relaxed)
     }
 
     /// Meters every request into `ledger` too.
@@ -65,7 +88,11 @@ impl Gateway {
         let previous = self.router.load_full();
         let router = Router::from_config(config, &self.metrics, Some(&previous));
         self.router.store(Arc::new(router));
-        self.keys.store(Arc::new(Keys::new(&config.auth_keys)));
+        self.keys
+            .store(Arc::new(Keys::new(&config.auth_keys).with_managed(config.managed_keys)));
+        self.registry.set_teams(&config.teams);
+        self.cut_streams
+            .store(config.cut_streams_over_budget, Ordering::Relaxed);
         self.admin_keys.store(Arc::new(Keys::new(&config.admin_keys)));
     }
 

@@ -358,7 +358,18 @@ impl TestGateway {
             }
             None => (None, None),
         };
-        let gateway = Arc::new(gateway.with_ledger(ledger));
+        let store = match &cfg.ledger {
+            Some(settings) if cfg.managed_keys => Some(
+                tollgate::keys::KeyStore::open(&settings.url)
+                    .await
+                    .expect("the key store opens"),
+            ),
+            _ => None,
+        };
+        let gateway = Arc::new(gateway.with_ledger(ledger).with_store(store));
+        tollgate::server::keys::load(&gateway)
+            .await
+            .expect("the managed keys load");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = oneshot::channel();
