@@ -393,6 +393,8 @@ async fn error_before_the_stream(p: &Provider) {
 }
 
 async fn error_during_the_stream(p: &Provider) {
+    // The tables load in the background on first need; here they are wanted at once.
+    tollgate::metering::estimate::Encoding::O200k.load_now();
     let (_mock, gw) = setup().await;
     let s = stream(&gw, &streamed(ask(p, "failmid"))).await;
     assert_eq!(s.text, "partial answer");
@@ -417,7 +419,10 @@ async fn error_during_the_stream(p: &Provider) {
     } else {
         // Reported only at the end, which never came: estimated from the request and the text streamed.
         assert!(prompt > 0.0 && prompt != wire::PROMPT_TOKENS as f64, "{m}");
-        assert_eq!(completion, 4.0, "\"partial answer\": 14 characters, about 4 tokens");
+        // OpenAI's model by its tokenizer (o200k_base: "partial", " answer"); others
+        // by the approximation, 14 characters at four a token.
+        let expected = if p.model == "m-openai" { 2.0 } else { 4.0 };
+        assert_eq!(completion, expected, "\"partial answer\"");
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Backend {
     pub system: &'static str,
     /// `models[].rpm` and `tpm`.
     pub limits: Option<Arc<Limits>>,
+    /// How its text is counted when it reports no usage.
+    pub counter: crate::metering::estimate::Counter,
 }
 
 /// A provider as backends refer to it: its name, adapter and GenAI system name.
@@ -98,6 +100,7 @@ fn backend(model: &str, upstream_model: &str, p: &ProviderRef, info: Option<Mode
         health: Arc::new(Health::default()),
         missing_key: false,
         limits: None,
+        counter: crate::metering::estimate::Counter::for_model([upstream_model, model]),
     }
 }
 
@@ -238,6 +241,8 @@ impl Router {
             let mut b = backend(&m.name, &m.upstream_model, provider, info, metrics);
             b.missing_key = without_keys.contains(&m.provider.as_str());
             b.limits = Limits::new(m.rpm, m.tpm).map(Arc::new);
+            // An Azure deployment's name says nothing; its catalog entry may.
+            b.counter = crate::metering::estimate::Counter::for_model([&*m.upstream_model, &m.name, &m.catalog]);
             if let Some(kept) = previous.and_then(|p| p.same_backend(&b)) {
                 b.health = kept.health.clone();
                 if let Some(l) = kept.limits.as_ref().filter(|l| l.same(m.rpm, m.tpm)) {

@@ -18,6 +18,9 @@ use crate::metering::{Endpoint, Labels, Metrics, Series};
 use crate::routing::Backend;
 use crate::routing::limits::Reservation;
 
+/// Text kept per stream for an exact count, at most; beyond, characters are counted.
+const MAX_KEPT_TEXT: usize = 256 << 10;
+
 pub struct RequestMeter {
     metrics: Arc<Metrics>,
     endpoint: Endpoint,
@@ -28,9 +31,14 @@ pub struct RequestMeter {
     system: &'static str,
     /// Time to the first content chunk, for the time per output token.
     ttft: Option<std::time::Duration>,
-    /// Characters of generated text streamed so far, and the prompt's
-    /// estimated tokens: the estimate when a stream ends without usage.
+    /// Generated text streamed so far: all its characters, and for a backend
+    /// with an exact tokenizer the text itself (up to `MAX_KEPT_TEXT`; beyond,
+    /// characters); with the prompt's estimated tokens, the estimate when a
+    /// stream ends without usage.
     streamed_chars: usize,
+    streamed_text: String,
+    overflow_chars: usize,
+    counter: estimate::Counter,
     prompt_estimate: u64,
     /// The cost of `usage`, fixed when the usage arrives.
     cost: Option<Pico>,
@@ -77,6 +85,9 @@ impl RequestMeter {
             system: "",
             ttft: None,
             streamed_chars: 0,
+            streamed_text: String::new(),
+            overflow_chars: 0,
+            counter: estimate::Counter::Approximate,
             prompt_estimate: 0,
             cost: None,
             started: Instant::now(),
@@ -148,6 +159,7 @@ impl RequestMeter {
         self.backend = Some((backend.model.clone(), backend.provider_name.clone(), series));
         self.pricing = backend.pricing;
         self.system = backend.system;
+        self.counter = backend.counter;
         if self.ledger.is_some() {
             self.row.served_model = backend.upstream_model.to_string();
         }
@@ -173,16 +185,26 @@ impl RequestMeter {
         self.usage = Some(usage);
     }
 
-    /// More generated text went to the client. Says whether the stream has
-    /// now crossed its caller's budget, when that is watched.
-    pub fn streamed(&mut self, chars: usize) -> Option<Crossed> {
-        self.streamed_chars += chars;
+    /// A chunk of generated text went to the client (`data`: the chunk's
+    /// JSON). Says whether the stream has now crossed its caller's budget,
+    /// when that is watched (by the approximate count: it runs per chunk).
+    pub fn streamed(&mut self, data: &[u8]) -> Option<Crossed> {
+        let exact = self.counter.is_exact();
+        estimate::generated_text(data, |c| {
+            self.streamed_chars += 1;
+            if !exact {
+            } else if self.streamed_text.len() < MAX_KEPT_TEXT {
+                self.streamed_text.push(c);
+            } else {
+                self.overflow_chars += 1;
+            }
+        });
         if !self.watch_budget || self.usage.is_some() {
             return None;
         }
         let pricing = self.pricing?;
         let key = self.caller.as_ref()?.managed()?;
-        let so_far = Usage::estimated(self.prompt_estimate, self.streamed_tokens());
+        let so_far = Usage::estimated(self.prompt_estimate, estimate::tokens_of_chars(self.streamed_chars));
         let running = pricing.cost(&so_far, self.started.elapsed());
         let now = Now::current();
         let crossed = |scope, budget: crate::keys::Budget, spend: &crate::keys::budget::Spend| {
@@ -194,9 +216,13 @@ impl RequestMeter {
             .or_else(|| key.team.as_ref().and_then(|t| crossed("team", t.spec.budget, &t.spend)))
     }
 
-    /// The tokens of the text streamed so far, estimated.
+    /// The tokens of the text streamed so far: by the backend's tokenizer, or approximated.
     fn streamed_tokens(&self) -> u64 {
-        estimate::tokens_of_chars(self.streamed_chars)
+        if self.counter.is_exact() {
+            self.counter.count(&self.streamed_text) + estimate::tokens_of_chars(self.overflow_chars)
+        } else {
+            estimate::tokens_of_chars(self.streamed_chars)
+        }
     }
 
     /// The prompt's estimated tokens, for a stream that ends without usage.

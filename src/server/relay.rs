@@ -59,7 +59,7 @@ impl SseRelay {
         let mut crossed = None;
         if event.has_content {
             self.meter.first_token();
-            crossed = self.meter.streamed(generated_chars(&event.data));
+            crossed = self.meter.streamed(&event.data);
         }
         if let Some(u) = event.usage {
             self.meter.usage(u);
@@ -111,42 +111,6 @@ fn with_cost(data: &Bytes, pico: Pico) -> Bytes {
         }
         None => data.clone(),
     }
-}
-
-/// Characters of generated text in a chunk: the string values of its
-/// `content`, `text` and `arguments` fields, read without parsing (escapes
-/// count as the characters they stand for, roughly). Counted as the stream
-/// flows, so a stream cut or cancelled midway is still metered for what was
-/// produced.
-fn generated_chars(data: &[u8]) -> usize {
-    static KEYS: std::sync::LazyLock<[memchr::memmem::Finder<'static>; 3]> = std::sync::LazyLock::new(|| {
-        [
-            memchr::memmem::Finder::new(b"\"content\":\""),
-            memchr::memmem::Finder::new(b"\"text\":\""),
-            memchr::memmem::Finder::new(b"\"arguments\":\""),
-        ]
-    });
-    let mut chars = 0;
-    for key in KEYS.iter() {
-        for at in key.find_iter(data) {
-            let value = &data[at + key.needle().len()..];
-            let mut escaped = false;
-            for &b in value {
-                match b {
-                    _ if escaped => escaped = false,
-                    b'\\' => escaped = true,
-                    b'"' => break,
-                    // Count characters, not bytes: skip UTF-8 continuation bytes.
-                    _ if b & 0xC0 == 0x80 => continue,
-                    _ => {}
-                }
-                if !escaped {
-                    chars += 1;
-                }
-            }
-        }
-    }
-    chars
 }
 
 /// Events already waiting are sent in one write, up to this many bytes:
