@@ -461,6 +461,10 @@ impl Metrics {
         )
         .expect("valid metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        // Both results from the start, so `increase()` sees the first rejected reload.
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
+        }
         let overhead = HistogramVec::new(
             HistogramOpts::new(
                 "tollgate_overhead_seconds",

@@ -358,6 +358,11 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
             }
         }
     }
+    // Refused without trying any (rate limits, open circuits): still the
+    // route's first backend's request in the metrics, not an unlabelled one.
+    if let Some(first) = decision.candidates.first() {
+        meter.attribute(&first.backend);
+    }
     match last_failure {
         Some((err, _)) => failed(&mut meter, &err, &route_header, tries),
         None if limited.is_some() => {

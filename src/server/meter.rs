@@ -165,6 +165,13 @@ impl RequestMeter {
         }
     }
 
+    /// Labels the request with `backend` if no backend was tried.
+    pub fn attribute(&mut self, backend: &Backend) {
+        if self.backend.is_none() {
+            self.resolved(backend, None);
+        }
+    }
+
     fn labels(&self) -> Labels<'_> {
         let (model, provider) = self.backend.as_ref().map_or(("", ""), |(m, p, _)| (&**m, &**p));
         Labels {

@@ -27,6 +27,7 @@ import subprocess
 import tempfile
 import time
 import urllib.parse
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -37,32 +38,6 @@ import yaml
 
 from conftest import REPO, Gateway, free_port, http_get, scrape, tollgate_bin
 
-# Panels (by title) whose queries read metrics tollgate does not export yet:
-# budgets (tollgate_budget_rejected_total), tollgate's own overhead
-# (tollgate_overhead_seconds), mirror costs (tollgate_mirror_cost_usd_total) and
-# per-key requests (tollgate_key_requests_total) are being added. Their
-# expressions must still parse; only returning data is waived. The `$key`
-# entry waives the `key` template variable's values likewise. Remove each
-# entry once its metric is exported (the test below fails when an entry's
-# panel returns data, so stale entries do not linger); the set is meant to
-# end up empty.
-AWAITING_EXPORT: set[str] = {
-    "Requests/s by key",
-    "Top 10 keys by requests/s",
-    "tollgate overhead p99 by endpoint",
-    "Budget-rejected requests/s",
-    "Mirror: cost per hour, primary vs shadow",
-    "Mirror: cost per 1k requests, primary vs shadow",
-    "$key",
-}
-# The metrics those entries wait for; only panels naming one may be listed above.
-AWAITING_METRICS = {
-    "tollgate_budget_rejected_total",
-    "tollgate_budget_used_ratio",
-    "tollgate_overhead_seconds",
-    "tollgate_mirror_cost_usd_total",
-    "tollgate_key_requests_total",
-}
 # Gauges that are legitimately 0 once the workload is over: their panels must
 # return series, not necessarily a non-zero value.
 MAY_BE_ZERO = {"In-flight requests", "Ledger queue (rows waiting)"}
@@ -741,6 +716,12 @@ server:
   shutdown_grace: 5s
 auth:
   keys: ["${{TG_TEST_KEY}}"]
+  admin_keys: ["${{TG_ADMIN_KEY}}"]
+  managed_keys: true
+metrics: {{key_labels: true}}
+teams:
+  # A budget the first priced request spends: the next is refused.
+  ml: {{budget: {{daily: "0.000001"}}}}
 logging:
   format: json
   level: warn
@@ -787,6 +768,16 @@ routes:
 
 
 PROVIDER_KEYS = {"ANTHROPIC_API_KEY": "sk-ant-mock", "OPENAI_API_KEY": "sk-mock"}
+ADMIN_KEY = "tg-admin-deploy-test"
+
+
+def managed_key(gw: Gateway, **fields) -> str:
+    """A key made through the admin API."""
+    req = urllib.request.Request(f"{gw.base}/admin/keys", data=json.dumps(fields).encode(), method="POST",
+                                 headers={"authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 201
+        return json.loads(resp.read())["key"]
 
 
 class Prometheus:
@@ -902,7 +893,7 @@ def reload_config(gw: Gateway) -> None:
         time.sleep(0.05)
 
 
-def run_round(gw: Gateway, client: openai.OpenAI) -> None:
+def run_round(gw: Gateway, client: openai.OpenAI, team_client: openai.OpenAI) -> None:
     """A mixed workload; run twice, scrapes apart, so every counter moves
     between scrapes and every rate is non-zero."""
     reload_config(gw)
@@ -924,14 +915,18 @@ def run_round(gw: Gateway, client: openai.OpenAI) -> None:
     for _ in range(3):
         assert ask(client, "limited") == 200
     assert ask(client, "sim-limited") == 429
+    # Mirrored with costs on both sides, while the shadow capacity is free.
+    for _ in range(3):
+        assert ask(client, "compare") == 200
     # Mirroring to a slow shadow: more at once than the shadow capacity (64), some not mirrored.
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(lambda _: ask(client, "mirrored"), range(80)))
     assert statuses == [200] * 80
-    for _ in range(3):
-        assert ask(client, "compare") == 200
     # An unknown model: rejected before any backend.
     assert ask(client, "no-such-model") == 404
+    # A managed key of a team whose budget the first priced answer spends.
+    assert ask(team_client, "gpt") in (200, 429)
+    assert ask(team_client, "gpt") == 429
 
 
 @pytest.fixture(scope="module")
@@ -942,21 +937,21 @@ def loaded(mock_providers):
         tmp = Path(tmp)
         (tmp / "gw").mkdir()
         (tmp / "prom").mkdir()
-        gw = Gateway(tmp / "gw", config=workload_config(mock_providers.addr, free_port()), env=dict(PROVIDER_KEYS))
+        gw = Gateway(tmp / "gw", config=workload_config(mock_providers.addr, free_port()),
+                     env={**PROVIDER_KEYS, "TG_ADMIN_KEY": ADMIN_KEY})
         prom = None
         try:
             gw.start()
             prom = Prometheus(tmp / "prom", gw.port).start(prometheus_bin)
             prom.wait_scrapes(1)
             client = gw.client()
-            run_round(gw, client)
+            team_client = gw.client(api_key=managed_key(gw, name="deploy-test", team="ml"))
+            run_round(gw, client, team_client)
+            wait_for_shadows(gw)
             prom.wait_scrapes(2)
-            run_round(gw, client)
+            run_round(gw, client, team_client)
             # The last shadows (3 s each) finish, then two scrapes see everything.
-            deadline = time.monotonic() + 20
-            while metric_total(gw, "tollgate_in_flight_requests") or shadows_running(gw):
-                assert time.monotonic() < deadline, "mirrored requests did not finish"
-                time.sleep(0.1)
+            wait_for_shadows(gw)
             prom.wait_scrapes(2)
             # Rules are evaluated every second: give them one round on the final data.
             time.sleep(1.5)
@@ -967,6 +962,14 @@ def loaded(mock_providers):
             code = gw.stop()
             if code != 0:
                 print(f"tollgate exited with {code}; its log:\n{gw.log()}")
+
+
+def wait_for_shadows(gw: Gateway) -> None:
+    """Until every request, shadows included, has finished: the shadow capacity is free again."""
+    deadline = time.monotonic() + 20
+    while metric_total(gw, "tollgate_in_flight_requests") or shadows_running(gw):
+        assert time.monotonic() < deadline, "mirrored requests did not finish"
+        time.sleep(0.1)
 
 
 def metric_total(gw: Gateway, name: str, **labels: str) -> float:
@@ -1018,8 +1021,6 @@ def test_every_panel_query_returns_data(loaded):
     prom, _ = loaded
     failures = []
     for dashboard, title, expr in panel_exprs():
-        if title in AWAITING_EXPORT:
-            continue
         result = evaluate(prom, expr)
         if not result:
             failures.append(f"{dashboard}: {title!r}: no data\n    {expr}")
@@ -1030,7 +1031,7 @@ def test_every_panel_query_returns_data(loaded):
 
 def test_every_referenced_metric_is_exported(loaded):
     """A dashboard or rule naming a metric tollgate does not export would show
-    nothing forever: every name must be on /metrics (or awaited)."""
+    nothing forever: every name must be on /metrics."""
     _, gw = loaded
     exported = {re.sub(r"_(bucket|sum|count)$", "", name) for name, _ in scrape(gw)}
     referenced: dict[str, set[str]] = {}
@@ -1040,35 +1041,15 @@ def test_every_referenced_metric_is_exported(loaded):
     for rule in rules():
         for name in metric_names(rule["expr"]):
             referenced.setdefault(name, set()).add(rule.get("alert") or rule["record"])
-    missing = {n: sorted(w) for n, w in referenced.items() if n not in exported and n not in AWAITING_METRICS}
+    missing = {n: sorted(w) for n, w in referenced.items() if n not in exported}
     assert not missing, f"not exported by tollgate: {missing}"
-
-
-def test_awaiting_export_is_current(loaded):
-    """Each waived panel exists, waits for one of the metrics being added, and
-    would still fail the data check: once it passes, drop it from AWAITING_EXPORT."""
-    prom, _ = loaded
-    titles = {t for _, t, _ in panel_exprs()}
-    panels_by_title: dict[str, list[str]] = {}
-    for _, title, expr in panel_exprs():
-        panels_by_title.setdefault(title, []).append(expr)
-    for entry in AWAITING_EXPORT:
-        if entry.startswith("$"):
-            continue
-        assert entry in titles, f"AWAITING_EXPORT names {entry!r}, which no dashboard has"
-        assert any(metric_names(e) & AWAITING_METRICS for e in panels_by_title[entry]), (
-            f"{entry!r} reads no awaited metric: it must return data, not be waived")
-        results = [evaluate(prom, e) for e in panels_by_title[entry]]
-        if all(r and (entry in MAY_BE_ZERO or has_value(r)) for r in results):
-            pytest.fail(f"{entry!r} returns data now: remove it from AWAITING_EXPORT", pytrace=False)
-    # Conversely every panel reading an awaited metric is either waived or has data (checked above).
 
 
 def test_template_variables_have_values(loaded):
     prom, _ = loaded
     for name, dash in dashboards():
         for v in dash["templating"]["list"]:
-            if v["type"] != "query" or f"${v['name']}" in AWAITING_EXPORT:
+            if v["type"] != "query":
                 continue
             query = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
             m = re.fullmatch(r"label_values\((.+), *(\w+)\)", query)
