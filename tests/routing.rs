@@ -805,3 +805,80 @@ async fn a_route_can_match_the_gateway_key_by_its_id() {
         ("direct".into(), "sim/shared".into())
     );
 }
+
+/// Polls the gateway's metrics until `series` has a value satisfying `ok`.
+async fn wait_metric(gw: &TestGateway, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    for _ in 0..100 {
+        if let Some(v) = metric(&gw.metrics().await, series).filter(|v| ok(*v)) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{series} never got there:\n{}", gw.metrics().await);
+}
+
+#[tokio::test]
+async fn active_health_checks_open_a_failing_backends_circuit_and_close_it_when_it_is_back() {
+    let mock = MockUpstream::start().await;
+    // The first check of `flaky` fails; the later ones pass.
+    mock.push(Script::json(503, json!({"error": {"message": "down for maintenance"}})));
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let yaml = format!(
+        "providers:\n  dead: {{ kind: openai, base_url: \"http://127.0.0.1:{dead}/v1\", timeouts: {{ connect: 200ms }} }}\n  flaky: {{ kind: openai, base_url: \"{base}\" }}\n  sim: {{ kind: simulated }}\nmodels:\n  - {{ name: gone, provider: dead }}\n  - {{ name: flaky-model, provider: flaky }}\n  - {{ name: spare, provider: sim }}\nrouting:\n  breaker: {{ cooldown: 1h }}\n  health_checks: {{ interval: 100ms, timeout: 1s }}\nroutes:\n  - {{ name: r, match: {{ model: gone-first }}, targets: [gone, spare] }}\n",
+        base = mock.base_url()
+    );
+    let gw = TestGateway::start(&yaml, &[]).await;
+    // No client request yet: the checks alone open the dead backend's circuit.
+    wait_metric(&gw, r#"tollgate_circuit_state{model="gone",provider="dead"}"#, |v| {
+        v == 2.0
+    })
+    .await;
+    assert!(
+        wait_metric(
+            &gw,
+            r#"tollgate_health_checks_total{provider="dead",result="failed"}"#,
+            |v| v >= 1.0
+        )
+        .await
+            >= 1.0
+    );
+    wait_metric(
+        &gw,
+        r#"tollgate_health_checks_total{provider="sim",result="ok"}"#,
+        |v| v >= 1.0,
+    )
+    .await;
+    // So the route skips it without trying: one attempt, on the spare.
+    let resp = gw.post("/v1/chat/completions", &chat("gone-first", "hi")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "x-tollgate-backend"), "sim/spare");
+    assert_eq!(header(&resp, "x-tollgate-attempts"), "1");
+    // `flaky` failed its first check, then passed: closed again long before the hour's cooldown.
+    let failed = metric(
+        &gw.metrics().await,
+        r#"tollgate_health_checks_total{provider="flaky",result="failed"}"#,
+    );
+    assert_eq!(failed, Some(1.0));
+    wait_metric(
+        &gw,
+        r#"tollgate_health_checks_total{provider="flaky",result="ok"}"#,
+        |v| v >= 1.0,
+    )
+    .await;
+    wait_metric(
+        &gw,
+        r#"tollgate_circuit_state{model="flaky-model",provider="flaky"}"#,
+        |v| v == 0.0,
+    )
+    .await;
+    let resp = gw.post("/v1/chat/completions", &chat("flaky-model", "hi")).await;
+    assert_eq!(resp.status(), 200);
+    assert!(
+        mock.received().iter().any(|r| r.path == "/v1/models"),
+        "the check is a GET of the model list"
+    );
+}

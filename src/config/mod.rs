@@ -787,6 +787,24 @@ impl Validator<'_> {
                 "needs failures ≥ 1, window between 1 and 64, and error_rate in (0, 1]",
             );
         }
+        if let Some(h) = &raw.routing.health_checks {
+            if h.interval.0 < std::time::Duration::from_millis(50) || h.timeout.0.is_zero() {
+                self.error(
+                    section,
+                    "routing.health_checks".into(),
+                    "needs an interval of at least 50ms and a timeout above 0",
+                );
+            }
+            for p in &h.providers {
+                if !raw.providers.contains_key(p) {
+                    self.error(
+                        section,
+                        "routing.health_checks.providers".into(),
+                        format!("`{p}` is not a configured provider"),
+                    );
+                }
+            }
+        }
         let catalog_text = raw.routing.catalog.as_ref().and_then(|path| {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| self.error(section, "routing.catalog".into(), format!("cannot read `{path}`: {e}")))

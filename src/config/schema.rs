@@ -142,6 +142,30 @@ pub struct RoutingSection {
     pub catalog: Option<String>,
     #[serde(default)]
     pub breaker: BreakerSection,
+    /// Active health checks; none = only the breaker's passive ones.
+    #[serde(default)]
+    pub health_checks: Option<HealthCheckSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    /// How often each provider is checked.
+    #[serde(default = "default_health_interval")]
+    pub interval: Dur,
+    /// How long a check may take; longer is a failure.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Dur,
+    /// Only these providers; empty = every provider (the simulated ones pass).
+    #[serde(default)]
+    pub providers: Vec<String>,
+}
+
+fn default_health_interval() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+fn default_health_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
 }
 
 #[derive(Debug, Deserialize)]

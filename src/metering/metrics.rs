@@ -170,6 +170,7 @@ pub struct Metrics {
     ledger_queue: IntGauge,
     rate_limited: IntCounterVec,
     overhead: [Histogram; 3],
+    health_checks: IntCounterVec,
     budget: BudgetMetrics,
     /// `metrics.key_labels`: per key and team series.
     keys: Option<KeyMetrics>,
@@ -474,6 +475,14 @@ impl Metrics {
             &["endpoint"],
         )
         .expect("valid metric");
+        let health_checks = IntCounterVec::new(
+            Opts::new(
+                "tollgate_health_checks_total",
+                "Active health checks by provider and result (ok; failed: the circuit opens; inconclusive: the answer says nothing of health)",
+            ),
+            &["provider", "result"],
+        )
+        .expect("valid metric");
         let budget = BudgetMetrics {
             rejected: IntCounterVec::new(
                 Opts::new(
@@ -555,6 +564,7 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(in_flight.clone()),
             Box::new(overhead.clone()),
+            Box::new(health_checks.clone()),
             Box::new(budget.rejected.clone()),
             Box::new(budget.cutoffs.clone()),
             Box::new(budget.used.clone()),
@@ -580,9 +590,15 @@ impl Metrics {
             ledger_queue,
             rate_limited,
             overhead: Endpoint::ALL.map(|e| overhead.with_label_values(&[e.as_str()])),
+            health_checks,
             budget,
             keys,
         }
+    }
+
+    /// An active health check of `provider`: `ok`, `failed` or `inconclusive`.
+    pub fn health_check(&self, provider: &str, result: &str) {
+        self.health_checks.with_label_values(&[provider, result]).inc();
     }
 
     /// A rate limit held a request back: a backend's (`scope` backend, the

@@ -99,6 +99,13 @@ pub trait Provider: Send + Sync {
     async fn discover_models(&self) -> Result<Vec<String>, UpstreamError> {
         Ok(Vec::new())
     }
+
+    /// An active health check (`routing.health_checks`): a cheap GET of the
+    /// upstream's own (model list, version, health). Healthy by default: the
+    /// simulated provider has nothing to check.
+    async fn probe(&self) -> Result<(), UpstreamError> {
+        Ok(())
+    }
 }
 
 /// Percent-encodes everything but RFC 3986's unreserved characters.

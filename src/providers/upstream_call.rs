@@ -119,6 +119,59 @@ fn require_key(client: &UpstreamClient, spec: &HttpSpec) -> Result<(), UpstreamE
     }
 }
 
+/// GETs `uri` with the configured and the provider's own headers: the whole
+/// body, bounded, or the translated error.
+pub async fn get(
+    client: &UpstreamClient,
+    spec: &HttpSpec,
+    headers: &[(HeaderName, HeaderValue)],
+    uri: Option<Uri>,
+    translate: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> ApiError,
+) -> Result<Bytes, UpstreamError> {
+    require_key(client, spec)?;
+    let uri = uri.ok_or_else(|| UpstreamError::Protocol {
+        provider: client.provider().to_owned(),
+        detail: "the configured base URL makes no valid URL".into(),
+    })?;
+    let mut req = Request::get(uri)
+        .body(Full::new(Bytes::new()))
+        .expect("static parts are valid");
+    for (name, value) in spec.headers.iter().chain(headers) {
+        req.headers_mut().insert(name.clone(), value.clone());
+    }
+    let deadline = client.total_deadline();
+    let (parts, body) = client.send(req, deadline, false).await?.into_parts();
+    if !parts.status.is_success() {
+        let raw = client
+            .read_body(body, MAX_ERROR_BYTES, deadline)
+            .await
+            .unwrap_or_default();
+        return Err(UpstreamError::Status {
+            error: translate(parts.status, &parts.headers, &raw),
+        });
+    }
+    client.read_body(body, MAX_ANSWER_BYTES, deadline).await
+}
+
+/// An active health check: a GET that any success answers (the body is read
+/// and dropped, so the connection goes back to the pool).
+pub async fn probe(
+    client: &UpstreamClient,
+    spec: &HttpSpec,
+    headers: &[(HeaderName, HeaderValue)],
+    uri: Option<Uri>,
+) -> Result<(), UpstreamError> {
+    get(client, spec, headers, uri, |status, _, _| {
+        ApiError::new(
+            super::upstream_status::client_status(status),
+            super::upstream_status::kind_for(status),
+            format!("the health check was answered {status}"),
+        )
+    })
+    .await
+    .map(drop)
+}
+
 /// Largest complete answer read from an upstream.
 pub const MAX_ANSWER_BYTES: usize = 64 << 20;
 
@@ -177,34 +230,18 @@ impl JsonUpstream {
         post_json(&self.client, &self.spec, call, post, translate).await
     }
 
-    /// GETs `uri` (a model list, say) with the configured and own headers; the
-    /// whole body, bounded, or the translated error.
+    /// GETs `uri` (a model list, say); see [`get`].
     pub async fn get(
         &self,
         uri: Option<Uri>,
         translate: impl FnOnce(StatusCode, &HeaderMap, &[u8]) -> ApiError,
     ) -> Result<Bytes, UpstreamError> {
-        require_key(&self.client, &self.spec)?;
-        let uri = uri.ok_or_else(|| self.protocol("the configured base URL makes no valid URL"))?;
-        let mut req = Request::get(uri)
-            .body(Full::new(Bytes::new()))
-            .expect("static parts are valid");
-        for (name, value) in self.spec.headers.iter().chain(&self.headers) {
-            req.headers_mut().insert(name.clone(), value.clone());
-        }
-        let deadline = self.client.total_deadline();
-        let (parts, body) = self.client.send(req, deadline, false).await?.into_parts();
-        if !parts.status.is_success() {
-            let raw = self
-                .client
-                .read_body(body, MAX_ERROR_BYTES, deadline)
-                .await
-                .unwrap_or_default();
-            return Err(UpstreamError::Status {
-                error: translate(parts.status, &parts.headers, &raw),
-            });
-        }
-        self.client.read_body(body, MAX_ANSWER_BYTES, deadline).await
+        get(&self.client, &self.spec, &self.headers, uri, translate).await
+    }
+
+    /// An active health check: GET `path`, any success is healthy.
+    pub async fn probe(&self, path: &str) -> Result<(), UpstreamError> {
+        probe(&self.client, &self.spec, &self.headers, self.uri(path)).await
     }
 
     /// Removes the provider's key from text an upstream wrote, should it appear.

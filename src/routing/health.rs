@@ -213,6 +213,27 @@ impl Health {
         }
     }
 
+    /// An active health check's outcome. A failed check opens the circuit
+    /// at once (the upstream's own health answer is decisive); a passing one
+    /// closes an open circuit before its cooldown ends: the backend is back.
+    pub fn checked(&self, healthy: bool, now: Instant, settings: &BreakerSettings) {
+        let mut s = self.lock();
+        if healthy {
+            if matches!(s.circuit, Circuit::Open { .. }) {
+                s.circuit = Circuit::Closed;
+                s.consecutive_failures = 0;
+            }
+            return;
+        }
+        let until = now + settings.cooldown;
+        s.circuit = match s.circuit {
+            Circuit::Open { until: later } if later > until => Circuit::Open { until: later },
+            _ => Circuit::Open { until },
+        };
+        s.outcomes = 0;
+        s.seen = 0;
+    }
+
     /// The request ended without saying anything about the backend (the client left).
     pub fn release(&self) {
         let mut s = self.lock();
@@ -257,6 +278,25 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn active_checks_open_and_close_the_circuit() {
+        let h = Health::default();
+        let s = settings();
+        let now = Instant::now();
+        h.checked(true, now, &s);
+        assert_eq!(h.circuit(now), Circuit::Closed);
+        h.checked(false, now, &s);
+        assert!(matches!(h.circuit(now), Circuit::Open { .. }));
+        assert!(
+            h.admit(now, false).is_err(),
+            "no request goes to a backend that failed its check"
+        );
+        // Back before the cooldown ends: closed, requests flow again.
+        h.checked(true, now, &s);
+        assert_eq!(h.circuit(now), Circuit::Closed);
+        assert!(h.admit(now, false).is_ok());
+    }
 
     fn settings() -> BreakerSettings {
         BreakerSettings {

@@ -202,6 +202,8 @@ pub struct Router {
     routes: Vec<Route>,
     catalog: Catalog,
     pub breaker: BreakerSettings,
+    /// `routing.health_checks`.
+    pub health_checks: Option<crate::config::schema::HealthCheckSection>,
     rng: Mutex<fastrand::Rng>,
     discoverers: Vec<Discoverer>,
     /// Discovered models, swapped whole on each refresh.
@@ -283,6 +285,7 @@ impl Router {
                 window: b.window,
                 cooldown: b.cooldown.0,
             },
+            health_checks: config.routing.health_checks.clone(),
             rng: Mutex::new(
                 config
                     .routing

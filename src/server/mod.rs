@@ -7,6 +7,7 @@ mod handlers;
 pub mod keys;
 mod meter;
 mod mirror;
+mod probes;
 pub mod relay;
 pub mod reload;
 mod respond;
@@ -64,6 +65,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
     } else {
         None
     };
+    let probes = tokio::spawn(probes::run(gw.clone()));
     gw.set_ready(true);
     tokio::pin!(shutdown);
     // Armed by the shutdown signal: the end of `shutdown_delay`.
@@ -93,6 +95,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: impl Futur
     if let Some(task) = discovery {
         task.abort();
     }
+    probes.abort();
     tracing::info!(
         grace_secs = gw.settings.shutdown_grace.as_secs_f64(),
         "shutting down: draining in-flight requests"

@@ -325,6 +325,8 @@ fn default_script(path: &str, stream: bool) -> Script {
         ("completions", true) => Script::sse_fixture("openai/completions_stream.sse"),
         ("completions", false) => Script::json(200, fixture_json("openai/completions_response.json")),
         ("embeddings", _) => Script::json(200, fixture_json("openai/embeddings_response.json")),
+        // The model list: what an active health check asks for.
+        ("models", _) => Script::json(200, serde_json::json!({"object": "list", "data": []})),
         _ => Script::json(
             404,
             serde_json::json!({"error": {"message": "no such path in the mock", "type": "invalid_request_error"}}),

@@ -183,4 +183,8 @@ impl Provider for AnthropicProvider {
     async fn embeddings(&self, _call: Call<'_>, _req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
         Err(no_endpoint(self.name(), "embeddings"))
     }
+
+    async fn probe(&self) -> Result<(), UpstreamError> {
+        self.upstream.probe("/v1/models").await
+    }
 }

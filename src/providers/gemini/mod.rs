@@ -160,6 +160,10 @@ impl Provider for GeminiProvider {
         })
     }
 
+    async fn probe(&self) -> Result<(), UpstreamError> {
+        self.upstream.probe("/models").await
+    }
+
     async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
         let body = translate::to_batch_embed_request(&req, call.upstream_model)
             .map_err(|error| UpstreamError::Status { error })?;

@@ -139,6 +139,10 @@ impl Provider for HuggingFaceProvider {
         self.generate(call, prepared, req.is_stream()).await
     }
 
+    async fn probe(&self) -> Result<(), UpstreamError> {
+        self.upstream.probe("/health").await
+    }
+
     async fn embeddings(&self, call: Call<'_>, req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
         let body = translate::to_embed_request(&req).map_err(|error| UpstreamError::Status { error })?;
         let answer = self.send(&call, &self.embed_uri, &body, false).await?;

@@ -139,6 +139,10 @@ impl Provider for OllamaProvider {
         })
     }
 
+    async fn probe(&self) -> Result<(), UpstreamError> {
+        self.upstream.probe("/api/version").await
+    }
+
     async fn discover_models(&self) -> Result<Vec<String>, UpstreamError> {
         let raw = self
             .upstream

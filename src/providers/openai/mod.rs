@@ -263,6 +263,16 @@ impl Provider for OpenAiProvider {
         self.exchange(call, Endpoint::Completions, &req, stream).await
     }
 
+    async fn probe(&self) -> Result<(), UpstreamError> {
+        // OpenAI's model list; a Hugging Face server's /health; Azure's model list.
+        let uri = match &self.flavor {
+            Flavor::OpenAi => format!("{}/models", self.spec.base_url),
+            Flavor::HfMessages => format!("{}/health", self.spec.base_url),
+            Flavor::Azure { api_version } => format!("{}/openai/models?api-version={api_version}", self.spec.base_url),
+        };
+        upstream_call::probe(&self.client, &self.spec, &self.own_headers, uri.parse().ok()).await
+    }
+
     async fn embeddings(&self, call: Call<'_>, mut req: EmbeddingsRequest) -> Result<Reply, UpstreamError> {
         req.model = call.upstream_model.to_owned();
         self.exchange(call, Endpoint::Embeddings, &req, false).await
