@@ -394,14 +394,15 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
             },
         };
         let store = match &cfg.ledger {
-            Some(settings) if cfg.managed_keys => match tollgate::keys::KeyStore::open(&settings.url).await {
+            // Managed keys, and the spend that budgets start from.
+            Some(settings) => match tollgate::keys::KeyStore::open(&settings.url).await {
                 Ok(store) => Some(store),
                 Err(e) => {
                     tracing::error!(error = %e, "cannot open the key store (the ledger's database)");
                     return ExitCode::FAILURE;
                 }
             },
-            _ => None,
+            None => None,
         };
         let gateway = Arc::new(gateway.with_ledger(ledger).with_store(store));
         if let Err(e) = server::keys::load(&gateway).await {

@@ -448,3 +448,69 @@ async fn routes_match_a_keys_team() {
     let direct = chat(&gw, &other, hello("fast")).await;
     assert_eq!(direct.headers()["x-tollgate-route"], "direct");
 }
+
+#[tokio::test]
+async fn a_backend_whose_budget_is_spent_is_skipped_and_restarts_remember_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir);
+    let probe_gw = start(&config(&url, "")).await;
+    let (probe, _) = create_key(&probe_gw, json!({"name": "probe"})).await;
+    let one = cost_of_one(&probe_gw, &probe).await;
+    drop(probe_gw);
+    // `capped` may spend two requests' worth a day; the route spills to `dedicated` after.
+    let yaml = format!(
+        r#"auth:
+  admin_keys: ["${{ADMIN}}"]
+ledger: {{ url: "sqlite://{dir}/capped.db", flush_interval: 20ms }}
+providers:
+  sim: {{ kind: simulated, completion_tokens: 4 }}
+models:
+  - {{ name: capped, provider: sim, catalog: gpt-4o-mini, budget: {{ daily: "{budget:.12}" }} }}
+  - {{ name: dedicated, provider: sim }}
+routes:
+  - {{ name: spill, match: {{ model: spill }}, targets: [capped, dedicated] }}
+"#,
+        dir = dir.path().display(),
+        budget = one * 2.0
+    );
+    let mut gw = start(&yaml).await;
+    let mut served = Vec::new();
+    for _ in 0..3 {
+        let resp = gw.post("/v1/chat/completions", &hello("spill")).await;
+        assert_eq!(resp.status(), 200);
+        served.push(resp.headers()["x-tollgate-backend"].to_str().unwrap().to_owned());
+    }
+    assert_eq!(served, ["sim/capped", "sim/capped", "sim/dedicated"]);
+    // Asked for by name, it says why it cannot serve.
+    let resp = gw.post("/v1/chat/completions", &hello("capped")).await;
+    assert_eq!(resp.status(), 503);
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("daily budget"),
+        "{body}"
+    );
+    let m = gw.metrics().await;
+    let used = metric(
+        &m,
+        r#"tollgate_budget_used_ratio{name="sim/capped",period="day",scope="backend"}"#,
+    )
+    .unwrap();
+    assert!((used - 1.0).abs() < 1e-6, "{used}");
+    // The explanation names it too.
+    let explained: Value = reqwest::Client::new()
+        .post(gw.url("/v1/route/explain"))
+        .bearer_auth(ADMIN)
+        .json(&hello("spill"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(explained.to_string().contains("budget"), "{explained}");
+    // A restart starts from the ledger's total: still spent.
+    gw.stop().await;
+    let gw = start(&yaml).await;
+    let resp = gw.post("/v1/chat/completions", &hello("spill")).await;
+    assert_eq!(resp.headers()["x-tollgate-backend"], "sim/dedicated");
+}

@@ -172,6 +172,8 @@ pub struct ModelSpec {
     pub catalog: String,
     pub rpm: Option<u32>,
     pub tpm: Option<u32>,
+    /// `models[].budget`.
+    pub budget: crate::keys::Budget,
 }
 
 impl Config {
@@ -494,20 +496,7 @@ impl Validator<'_> {
                     );
                 }
             }
-            let mut usd = |amount: &Option<schema::Usd>, field: &str| {
-                let text = &amount.as_ref()?.0;
-                match crate::keys::budget::parse_usd(text) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        self.error(line, format!("teams.{name}.budget.{field}"), e);
-                        None
-                    }
-                }
-            };
-            let budget = crate::keys::Budget {
-                daily: usd(&t.budget.daily, "daily"),
-                monthly: usd(&t.budget.monthly, "monthly"),
-            };
+            let budget = self.budget(&t.budget, line, &format!("teams.{name}.budget"));
             specs.push(crate::keys::registry::TeamSpec {
                 name: name.clone(),
                 rpm: t.rpm,
@@ -959,9 +948,24 @@ impl Validator<'_> {
                     .unwrap_or_else(|| m.name.clone()),
                 rpm: m.rpm,
                 tpm: m.tpm,
+                budget: self.budget(&m.budget, at("budget"), &format!("models[{i}].budget")),
             });
         }
         out
+    }
+
+    /// A budget's amounts, parsed exactly.
+    fn budget(&mut self, b: &schema::BudgetSection, line: Option<usize>, path: &str) -> crate::keys::Budget {
+        let mut usd = |amount: &Option<schema::Usd>, field: &str| {
+            let text = &amount.as_ref()?.0;
+            crate::keys::budget::parse_usd(text)
+                .map_err(|e| self.error(line, format!("{path}.{field}"), e))
+                .ok()
+        };
+        crate::keys::Budget {
+            daily: usd(&b.daily, "daily"),
+            monthly: usd(&b.monthly, "monthly"),
+        }
     }
 }
 

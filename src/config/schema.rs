@@ -784,4 +784,7 @@ pub struct ModelSection {
     /// Tokens per minute (prompt and `max_tokens`, estimated) this gateway sends to it.
     #[serde(default)]
     pub tpm: Option<u32>,
+    /// USD per UTC day and month this gateway may spend on it; spent, it is skipped.
+    #[serde(default)]
+    pub budget: BudgetSection,
 }

@@ -67,6 +67,14 @@ impl Budget {
     }
 }
 
+/// The share of a budget spent: 1 = all of it (a zero budget is spent at once).
+pub fn used_ratio(spent: Pico, limit: Pico) -> f64 {
+    if limit == 0 {
+        return 1.0;
+    }
+    spent as f64 / limit as f64
+}
+
 /// What was spent in the current day and month.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Spent {

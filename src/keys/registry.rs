@@ -10,7 +10,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 
 use super::KeyRecord;
-use super::budget::{Budget, Now, Period, Spend};
+use super::budget::{Budget, Now, Period, Spend, used_ratio};
 use super::store::KeyStore;
 use crate::routing::limits::Limits;
 
@@ -197,7 +197,7 @@ impl KeyRegistry {
                     scope: "key",
                     name: &k.record.id,
                     period,
-                    ratio: ratio(spent, limit),
+                    ratio: used_ratio(spent, limit),
                 });
             }
         }
@@ -208,7 +208,7 @@ impl KeyRegistry {
                     scope: "team",
                     name: &t.spec.name,
                     period,
-                    ratio: ratio(spent, limit),
+                    ratio: used_ratio(spent, limit),
                 });
             }
         }
@@ -221,11 +221,4 @@ fn same_team(a: &Option<Arc<Team>>, b: &Option<Arc<Team>>) -> bool {
         (None, None) => true,
         _ => false,
     }
-}
-
-fn ratio(spent: crate::metering::cost::Pico, limit: crate::metering::cost::Pico) -> f64 {
-    if limit == 0 {
-        return if spent > 0 { f64::INFINITY } else { 0.0 };
-    }
-    spent as f64 / limit as f64
 }

@@ -187,6 +187,33 @@ impl KeyStore {
     }
 }
 
+impl KeyStore {
+    /// What each backend (`provider/model`) cost today and this month (UTC), from the ledger.
+    pub async fn backend_spend(&self, now: Now) -> Result<Vec<(String, Spent)>, sqlx::Error> {
+        let rows = sqlx::query(
+            "SELECT backend, \
+             CAST(SUM(CASE WHEN ts_ms >= $1 THEN cost_pico ELSE 0 END) AS BIGINT) AS day, \
+             CAST(SUM(cost_pico) AS BIGINT) AS month \
+             FROM tollgate_usage WHERE ts_ms >= $2 AND cost_pico > 0 GROUP BY backend",
+        )
+        .bind(now.day_start_ms())
+        .bind(now.month_start_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("backend")?,
+                    Spent {
+                        day: row.try_get::<i64, _>("day")?.max(0) as Pico,
+                        month: row.try_get::<i64, _>("month")?.max(0) as Pico,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
 fn record(row: &sqlx::any::AnyRow) -> Result<KeyRecord, sqlx::Error> {
     let digest_hex: String = row.try_get("digest")?;
     let mut digest = [0u8; 32];

@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use crate::api::{ApiError, ErrorKind};
 use crate::config::Config;
 use crate::config::schema::StrategyName;
-use crate::metering::cost::Pricing;
+use crate::metering::cost::{Pico, Pricing};
 use crate::metering::{Endpoint, Labels, Metrics, Series};
 use crate::providers::{self, Provider};
 use catalog::{Capability, Catalog, Hosting, ModelInfo};
@@ -67,6 +67,27 @@ pub struct Backend {
     pub limits: Option<Arc<Limits>>,
     /// How its text is counted when it reports no usage.
     pub counter: crate::metering::estimate::Counter,
+    /// `models[].budget`, and what was spent on it: spent, it is skipped.
+    pub budget: Option<BackendBudget>,
+}
+
+/// A backend's budget and its running spend (kept across reloads).
+pub struct BackendBudget {
+    pub limits: crate::keys::Budget,
+    pub spend: Arc<crate::keys::budget::Spend>,
+}
+
+impl Backend {
+    /// `provider/model`, as the ledger's `backend` column and the budget metric name it.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.provider_name, self.model)
+    }
+
+    /// The budget period already spent, if any.
+    pub fn budget_spent(&self, now: crate::keys::budget::Now) -> Option<(crate::keys::Period, Pico)> {
+        let b = self.budget.as_ref()?;
+        b.limits.exhausted(b.spend.spent(now))
+    }
 }
 
 /// A provider as backends refer to it: its name, adapter and GenAI system name.
@@ -101,6 +122,7 @@ fn backend(model: &str, upstream_model: &str, p: &ProviderRef, info: Option<Mode
         missing_key: false,
         limits: None,
         counter: crate::metering::estimate::Counter::for_model([upstream_model, model]),
+        budget: None,
     }
 }
 
@@ -245,6 +267,16 @@ impl Router {
             b.limits = Limits::new(m.rpm, m.tpm).map(Arc::new);
             // An Azure deployment's name says nothing; its catalog entry may.
             b.counter = crate::metering::estimate::Counter::for_model([&*m.upstream_model, &m.name, &m.catalog]);
+            if m.budget.is_set() {
+                let spend = previous
+                    .and_then(|p| p.same_backend(&b))
+                    .and_then(|k| k.budget.as_ref())
+                    .map_or_else(Arc::default, |k| k.spend.clone());
+                b.budget = Some(BackendBudget {
+                    limits: m.budget,
+                    spend,
+                });
+            }
             if let Some(kept) = previous.and_then(|p| p.same_backend(&b)) {
                 b.health = kept.health.clone();
                 if let Some(l) = kept.limits.as_ref().filter(|l| l.same(m.rpm, m.tpm)) {
@@ -372,8 +404,9 @@ impl Router {
             let why = if routed {
                 unfit(&b, f, local_only, now, several)
             } else {
-                // The model asked for by name is tried as it is, unless its circuit is open.
-                b.health.check(now, false).err().map(|u| u.to_string())
+                // The model asked for by name is tried as it is, unless its
+                // circuit is open or its budget spent.
+                budget_spent(&b).or_else(|| b.health.check(now, false).err().map(|u| u.to_string()))
             };
             match why {
                 Some(reason) => dropped.push(Dropped {
@@ -491,7 +524,23 @@ fn unfit(b: &Backend, f: &Features<'_>, local_only: bool, now: Instant, cooldown
     if local_only && b.info.as_ref().is_none_or(|i| i.hosting != Hosting::SelfHosted) {
         return Some("not self-hosted, and the route keeps data local".into());
     }
+    if let Some(spent) = budget_spent(b) {
+        return Some(spent);
+    }
     b.health.check(now, cooldown).err().map(|u| u.to_string())
+}
+
+/// Why a backend's own budget stops it, if it does.
+fn budget_spent(b: &Backend) -> Option<String> {
+    let (period, limit) = b.budget_spent(crate::keys::budget::Now::current())?;
+    Some(format!(
+        "its {} budget of ${} is spent",
+        match period {
+            crate::keys::Period::Day => "daily",
+            crate::keys::Period::Month => "monthly",
+        },
+        crate::metering::cost::usd_text(limit)
+    ))
 }
 
 fn candidate(backend: Arc<Backend>, position: usize, f: &Features<'_>) -> Candidate {

@@ -42,9 +42,18 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     }
     // Budgets' use too: spend changes with requests, the period with the clock.
     let mut budgets = Vec::new();
-    gw.registry.budget_use(crate::keys::budget::Now::current(), |u| {
+    let today = crate::keys::budget::Now::current();
+    gw.registry.budget_use(today, |u| {
         budgets.push((u.scope, u.name.to_owned(), u.period.as_str(), u.ratio));
     });
+    for b in gw.router.load().backends() {
+        if let Some(budget) = &b.budget {
+            for (period, limit, spent) in budget.limits.against(budget.spend.spent(today)) {
+                let ratio = crate::keys::budget::used_ratio(spent, limit);
+                budgets.push(("backend", b.label(), period.as_str(), ratio));
+            }
+        }
+    }
     gw.metrics.budgets_used(
         budgets
             .iter()
@@ -150,13 +159,19 @@ pub async fn usage(State(gw): State<Arc<Gateway>>, uri: http::Uri) -> Response {
             &ApiError::bad_request(format!("`{by_text}` is not backend, model, route or key")).with_param("by"),
         );
     };
-    let result = async {
-        let pool = sqlx::AnyPool::connect(url).await?;
-        let groups = report::groups(&pool, report::since_ms(window), by).await;
-        pool.close().await;
-        groups
-    }
-    .await;
+    let result = match &gw.store {
+        // The gateway's own pool to the ledger's database.
+        Some(store) => report::groups(store.pool(), report::since_ms(window), by).await,
+        None => {
+            async {
+                let pool = crate::metering::ledger::connect(url, 1).await?;
+                let groups = report::groups(&pool, report::since_ms(window), by).await;
+                pool.close().await;
+                groups
+            }
+            .await
+        }
+    };
     match result {
         Ok(groups) => {
             let body = serde_json::json!({"since": since, "by": by_text, "groups": groups});

@@ -44,6 +44,11 @@ impl Keys {
         self
     }
 
+    /// Whether managed keys are accepted (`auth.managed_keys`).
+    pub fn managed(&self) -> bool {
+        self.managed
+    }
+
     /// With no keys configured the gateway is open.
     pub fn is_open(&self) -> bool {
         self.fixed.is_empty() && !self.managed

@@ -17,11 +17,32 @@ use crate::keys::{KeyStore, NewKey};
 /// How often spend is raised to the ledger's totals (other replicas' spend).
 const SPEND_SYNC: Duration = Duration::from_secs(60);
 
-/// Reads the keys and their spend before the gateway answers.
+/// Reads the keys and what was spent (by keys, teams and backends) before the gateway answers.
 pub async fn load(gw: &Gateway) -> Result<(), sqlx::Error> {
     let Some(store) = &gw.store else { return Ok(()) };
-    gw.registry.refresh(store).await?;
-    gw.registry.sync_spend(store).await
+    if gw.keys.load().managed() {
+        gw.registry.refresh(store).await?;
+    }
+    sync_spend(gw, store).await
+}
+
+/// Raises in-memory spend to the ledger's totals: keys, teams, and backends with budgets.
+async fn sync_spend(gw: &Gateway, store: &KeyStore) -> Result<(), sqlx::Error> {
+    gw.registry.sync_spend(store).await?;
+    let router = gw.router.load_full();
+    let budgeted: Vec<_> = router.backends().into_iter().filter(|b| b.budget.is_some()).collect();
+    if budgeted.is_empty() {
+        return Ok(());
+    }
+    let now = crate::keys::budget::Now::current();
+    for (label, spent) in store.backend_spend(now).await? {
+        if let Some(b) = budgeted.iter().find(|b| b.label() == label)
+            && let Some(budget) = &b.budget
+        {
+            budget.spend.at_least(now, spent);
+        }
+    }
+    Ok(())
 }
 
 /// Re-reads the keys every `every`, and spend every minute, until the process ends.
@@ -32,12 +53,14 @@ pub async fn keep_current(gw: Arc<Gateway>, every: Duration) {
     let mut last_sync = tokio::time::Instant::now();
     loop {
         tick.tick().await;
-        if let Err(e) = gw.registry.refresh(&store).await {
+        if gw.keys.load().managed()
+            && let Err(e) = gw.registry.refresh(&store).await
+        {
             tracing::warn!(error = %e, "cannot re-read the managed keys; the last list stays");
         }
         if last_sync.elapsed() >= SPEND_SYNC {
             last_sync = tokio::time::Instant::now();
-            if let Err(e) = gw.registry.sync_spend(&store).await {
+            if let Err(e) = sync_spend(&gw, &store).await {
                 tracing::warn!(error = %e, "cannot read spend from the ledger");
             }
         }
@@ -45,7 +68,7 @@ pub async fn keep_current(gw: Arc<Gateway>, every: Duration) {
 }
 
 fn store(gw: &Gateway) -> Result<&KeyStore, ApiError> {
-    gw.store.as_ref().ok_or_else(|| {
+    gw.store.as_ref().filter(|_| gw.keys.load().managed()).ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorKind::InvalidRequest,

@@ -64,6 +64,8 @@ pub struct RequestMeter {
     watch_budget: bool,
     /// Time spent waiting on upstreams: what is not tollgate's overhead.
     upstream_wait: std::time::Duration,
+    /// The serving backend's budget spend, when it has a budget.
+    backend_spend: Option<Arc<crate::keys::budget::Spend>>,
 }
 
 /// A stream that crossed a budget: whose (`key` or `team`), which period, what limit.
@@ -104,6 +106,7 @@ impl RequestMeter {
             backend_reserved: None,
             watch_budget: false,
             upstream_wait: std::time::Duration::ZERO,
+            backend_spend: None,
         }
     }
 
@@ -160,6 +163,7 @@ impl RequestMeter {
         self.pricing = backend.pricing;
         self.system = backend.system;
         self.counter = backend.counter;
+        self.backend_spend = backend.budget.as_ref().map(|b| b.spend.clone());
         if self.ledger.is_some() {
             self.row.served_model = backend.upstream_model.to_string();
         }
@@ -345,6 +349,9 @@ impl Drop for RequestMeter {
         }
         self.metrics
             .overhead(self.endpoint, elapsed.saturating_sub(self.upstream_wait));
+        if let (Some(spend), Some(pico)) = (&self.backend_spend, self.cost) {
+            spend.add(Now::current(), pico);
+        }
         if self.caller.is_some() || !self.reserved.is_empty() || self.backend_reserved.is_some() {
             self.account_caller(status);
         }

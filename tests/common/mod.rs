@@ -361,7 +361,7 @@ impl TestGateway {
             None => (None, None),
         };
         let store = match &cfg.ledger {
-            Some(settings) if cfg.managed_keys => Some(
+            Some(settings) => Some(
                 tollgate::keys::KeyStore::open(&settings.url)
                     .await
                     .expect("the key store opens"),
