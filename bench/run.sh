@@ -19,7 +19,11 @@
 #   BENCH_SKIP_BUILD   1 = use the binaries already built
 #   BENCH_OUT          results directory        (bench/results/<timestamp>)
 #   BENCH_PORT_BASE    first of seven loopback ports used       (19180)
-#   BENCH_LEDGER       0 = no usage ledger (default 1: SQLite, a row per request)
+#   BENCH_LEDGER       0 = no usage ledger (default 1: SQLite, a row per request;
+#                      after the runs the rows are counted against the requests)
+#   BENCH_LIMITS       0 = no key, team and model limits (default 1: a managed key
+#                      in a team, with rpm, tpm and budgets set far above the load,
+#                      so every request pays for the checks without being refused)
 #   BENCH_PERF         1 = also `perf record -g` tollgate during the c=16
 #                      non-streaming run (perf.data in BENCH_OUT)
 #
@@ -120,11 +124,24 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 [ "$(ulimit -n)" = unlimited ] || [ "$(ulimit -n)" -ge $((SLOW_CONNS * 2 + 256)) ] ||
     log "warning: ulimit -n is $(ulimit -n); the $SLOW_CONNS-stream scenario may run out of sockets"
 
-# Metering on (BENCH_LEDGER=0 turns it off): every request also becomes a SQLite ledger row.
+# Metering on (BENCH_LEDGER=0 turns it off): every request also becomes a SQLite
+# ledger row, in a file per gateway (BENCH_LEDGER_DIR, set by start_gateway).
 LEDGER_YAML=""
-if [ "${BENCH_LEDGER:-1}" = 1 ]; then
+if [ "${BENCH_LEDGER:-1}" = 1 ] || [ "${BENCH_LIMITS:-1}" = 1 ]; then
     LEDGER_YAML="ledger:
-  url: sqlite://$WORK/ledger.db"
+  url: sqlite://\${BENCH_LEDGER_DIR}/ledger.db"
+fi
+# Limits on (BENCH_LIMITS=0 turns them off): requests carry a managed key of a team;
+# the key, the team and the model each have rpm, tpm and budgets no run reaches.
+LIMITS_YAML=""
+MODEL_LIMITS=""
+AUTH_HEADER=()
+if [ "${BENCH_LIMITS:-1}" = 1 ]; then
+    LIMITS_YAML="auth:
+  managed_keys: true
+teams:
+  bench: { rpm: 1000000000, tpm: 4000000000, budget: { daily: 1000000, monthly: 10000000 } }"
+    MODEL_LIMITS=", rpm: 1000000000, tpm: 4000000000, budget: { daily: 1000000 }"
 fi
 cat >"$WORK/tollgate.yaml" <<EOF
 # Written by bench/run.sh: tollgate in front of the mock upstream.
@@ -135,6 +152,7 @@ logging:
   format: pretty
   level: warn
 $LEDGER_YAML
+$LIMITS_YAML
 providers:
   mock:
     kind: openai
@@ -143,9 +161,7 @@ providers:
     kind: openai
     base_url: http://127.0.0.1:$SLOW_MOCK_PORT/v1
 models:
-  - name: bench
-    provider: mock
-    upstream_model: gpt-4o-mini
+  - { name: bench, provider: mock, upstream_model: gpt-4o-mini$MODEL_LIMITS }
   - name: bench-slow
     provider: mock-slow
     upstream_model: gpt-4o-mini
@@ -156,6 +172,18 @@ routes:
     retry: { attempts: 1 }
 EOF
 cp "$WORK/tollgate.yaml" "$OUT/tollgate.yaml"
+if [ "${BENCH_LIMITS:-1}" = 1 ]; then
+    # Every gateway's ledger database gets the same key; only its digest is stored.
+    mkdir -p "$WORK/ledger-$GW_PORT"
+    BENCH_KEY=$(BENCH_LEDGER_DIR=$WORK/ledger-$GW_PORT "$TOLLGATE" keys create --config "$WORK/tollgate.yaml" \
+        --name bench --team bench --rpm 1000000000 --tpm 4000000000 --budget-daily 1000000 2>>"$OUT/tollgate.log") ||
+        die "tollgate keys create failed (see $OUT/tollgate.log)"
+    for port in "$SAMECORE_PORT" "$SLOW_GW_PORT"; do
+        mkdir -p "$WORK/ledger-$port"
+        cp "$WORK/ledger-$GW_PORT"/ledger.db* "$WORK/ledger-$port/"
+    done
+    AUTH_HEADER=(-H "authorization: Bearer $BENCH_KEY")
+fi
 
 wait_port() {
     local port=$1 i
@@ -179,7 +207,8 @@ start_mock() { # core port extra-args... ; sets LAST_PID
 }
 
 start_gateway() { # port [core] ; sets LAST_PID
-    RUST_LOG=warn taskset -c "${2:-$GW_CORE}" "$TOLLGATE" serve --config "$WORK/tollgate.yaml" \
+    mkdir -p "$WORK/ledger-$1"
+    BENCH_LEDGER_DIR=$WORK/ledger-$1 RUST_LOG=warn taskset -c "${2:-$GW_CORE}" "$TOLLGATE" serve --config "$WORK/tollgate.yaml" \
         --listen "127.0.0.1:$1" >>"$OUT/tollgate.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
@@ -241,7 +270,7 @@ printf '%s' "$SLOW_BODY" >"$WORK/slow.json"
 # Sanity: every path answers 200 and the stream ends with usage and [DONE].
 check() { # name url body-file
     local code
-    code=$(curl -sS -o "$WORK/check.out" -w '%{http_code}' -H 'content-type: application/json' \
+    code=$(curl -sS -o "$WORK/check.out" -w '%{http_code}' -H 'content-type: application/json' "${AUTH_HEADER[@]}" \
         --data-binary "@$3" "$2") || die "$1: curl failed"
     [ "$code" = 200 ] || die "$1: HTTP $code: $(head -c 400 "$WORK/check.out")"
     if grep -q '"stream":true' "$3"; then
@@ -266,7 +295,7 @@ check "bare proxy stream" "$BARE_URL" "$WORK/stream.json"
 
 oha_run() { # out-json url body-file concurrency duration-s
     taskset -c "$LOAD_CORE" oha "${OHA_EXTRA[@]}" "${OHA_JSON[@]}" -z "${5}s" -c "$4" \
-        -m POST -H 'content-type: application/json' -D "$3" "$2" >"$1" 2>>"$OUT/oha.log" ||
+        -m POST -H 'content-type: application/json' "${AUTH_HEADER[@]}" -D "$3" "$2" >"$1" 2>>"$OUT/oha.log" ||
         die "oha failed (see $OUT/oha.log)"
 }
 
@@ -294,7 +323,7 @@ for mode in plain stream; do
             esac
             name=$mode-c$c-$target
             log "$name"
-            [ "$WARMUP" = 0 ] || oha_run "$WORK/warmup.json" "$url" "$body" "$c" "$WARMUP"
+            [ "$WARMUP" = 0 ] || oha_run "$WORK/warmup-$name.json" "$url" "$body" "$c" "$WARMUP"
             reset_peak_rss "$gw_pid" && hwm_reset=true || hwm_reset=false
             gw0=$(cpu_ticks "$gw_pid")
             mock_pid=$MOCK_PID
@@ -321,6 +350,30 @@ for mode in plain stream; do
         done
     done
 done
+
+# Ledger check: the gateway stops gracefully (its queue is written), then its
+# rows are counted against the requests oha and the checks sent it.
+GW_THREADS=$(status_kib "$GW_PID" Threads)
+if [ -n "$LEDGER_YAML" ]; then
+    kill -TERM "$GW_PID"
+    wait "$GW_PID" 2>/dev/null || true
+    python3 - "$WORK" "$GW_PORT" "$OUT" >"$OUT/ledger.json" <<'PY' || die "ledger check failed: $(cat "$OUT/ledger.json")"
+import glob, json, sqlite3, sys
+work, port, out = sys.argv[1:4]
+def sent(path):
+    d = json.load(open(path))
+    return sum(d.get("statusCodeDistribution", {}).values()) + sum(d.get("errorDistribution", {}).values())
+files = glob.glob(f"{out}/*-tollgate.json") + glob.glob(f"{work}/warmup-*-tollgate.json")
+files = [f for f in files if "/slow-" not in f]
+requests = sum(sent(f) for f in files) + 2  # and the two sanity checks
+db = sqlite3.connect(f"{work}/ledger-{port}/ledger.db")
+rows = db.execute("SELECT count(*) FROM tollgate_usage").fetchone()[0]
+keyed = db.execute("SELECT count(*) FROM tollgate_usage WHERE key_id IS NOT NULL").fetchone()[0]
+print(json.dumps({"requests": requests, "rows": rows, "rows_with_key": keyed}))
+sys.exit(0 if rows == requests else 1)
+PY
+    log "ledger: $(cat "$OUT/ledger.json")"
+fi
 
 # Slow streams: a fresh gateway, SLOW_CONNS streams held open at once, each
 # event SLOW_MS apart (about (CHUNKS+3) * SLOW_MS per stream).
@@ -356,7 +409,7 @@ printf '{"name":"%s","mode":"slow","concurrency":%s,"target":"tollgate","oha":"%
     "$slow_idle" "$(cat "$WORK/slow_fds" 2>/dev/null || echo 0)" "$SLOW_MS" $((lo1 - lo0)) >>"$META"
 
 cat >"$OUT/machine.json" <<EOF
-{"nproc": $NPROC, "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')", "kernel": "$(uname -r)", "oha": "$OHA_VERSION", "seconds": $SECONDS_PER, "warmup": $WARMUP, "chunks": $CHUNKS, "gw_idle_rss_kib": $GW_IDLE_RSS_KIB, "gw_threads": $(status_kib "$GW_PID" Threads), "bare_idle_rss_kib": $BARE_IDLE_RSS_KIB, "bare_threads": $(status_kib "$BARE_PID" Threads), "mock_core": $MOCK_CORE, "gw_core": $GW_CORE, "load_core": $LOAD_CORE, "git": "$GIT_REV", "command": "BENCH_SECONDS=$SECONDS_PER bench/run.sh"}
+{"nproc": $NPROC, "cpu": "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')", "kernel": "$(uname -r)", "oha": "$OHA_VERSION", "seconds": $SECONDS_PER, "warmup": $WARMUP, "chunks": $CHUNKS, "gw_idle_rss_kib": $GW_IDLE_RSS_KIB, "gw_threads": $GW_THREADS, "bare_idle_rss_kib": $BARE_IDLE_RSS_KIB, "bare_threads": $(status_kib "$BARE_PID" Threads), "mock_core": $MOCK_CORE, "gw_core": $GW_CORE, "load_core": $LOAD_CORE, "git": "$GIT_REV", "command": "BENCH_SECONDS=$SECONDS_PER bench/run.sh"}
 EOF
 
 python3 "$ROOT/bench/report.py" "$OUT" | tee "$OUT/report.md"
