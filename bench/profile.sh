@@ -8,7 +8,9 @@
 #   bench/profile.sh                     # c=16, non-streaming, 8 s
 #   PROFILE_MODE=stream bench/profile.sh # c=16, 20-chunk streams
 #
-# Knobs: PROFILE_MODE (plain|stream), PROFILE_CONCURRENCY (16),
+# Knobs: PROFILE_MODE (plain|stream), PROFILE_CONCURRENCY (16), PROFILE_FULL (1: as
+# bench/run.sh, with the SQLite ledger and a managed key with key, team and model
+# limits and budgets; 0: the bare routing path),
 # PROFILE_SECONDS (8), PROFILE_FREQ (499 Hz), PROFILE_STACK (65528), BENCH_SKIP_BUILD=1,
 # BENCH_PORT_BASE (19280), PROFILE_OUT (bench/results/profile-<mode>-<time>).
 # Needs perf (Debian: linux-perf); perf_event_paranoid must allow it (root does).
@@ -50,20 +52,38 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+FULL_YAML=""
+MODEL_LIMITS=""
+AUTH_HEADER=()
+if [ "${PROFILE_FULL:-1}" = 1 ]; then
+    FULL_YAML="ledger:
+  url: sqlite://$WORK/ledger.db
+auth:
+  managed_keys: true
+teams:
+  bench: { rpm: 1000000000, tpm: 4000000000, budget: { daily: 1000000 } }"
+    MODEL_LIMITS=", rpm: 1000000000, tpm: 4000000000, budget: { daily: 1000000 }"
+fi
 cat >"$WORK/tollgate.yaml" <<EOF
 server:
   listen: 127.0.0.1:$GW_PORT
 logging:
   level: warn
+$FULL_YAML
 providers:
   mock:
     kind: openai
     base_url: http://127.0.0.1:$MOCK_PORT/v1
 models:
-  - name: bench
-    provider: mock
-    upstream_model: gpt-4o-mini
+  - { name: bench, provider: mock, upstream_model: gpt-4o-mini$MODEL_LIMITS }
+routes:
+  - { name: bench, match: { model: bench }, retry: { attempts: 1 } }
 EOF
+if [ "${PROFILE_FULL:-1}" = 1 ]; then
+    KEY=$("$ROOT/target/release/tollgate" keys create --config "$WORK/tollgate.yaml" --name bench --team bench \
+        --rpm 1000000000 --tpm 4000000000 --budget-daily 1000000 2>/dev/null) || die "keys create failed"
+    AUTH_HEADER=(-H "authorization: Bearer $KEY")
+fi
 
 wait_port() {
     local i
@@ -89,7 +109,7 @@ BODY='{"model":"bench","messages":[{"role":"system","content":"You are a helpful
 URL="http://127.0.0.1:$GW_PORT/v1/chat/completions"
 oha_run() { # seconds out
     taskset -c 0 oha --no-tui --output-format json --worker-threads 1 -w -z "${1}s" -c "$C" \
-        -m POST -H 'content-type: application/json' -d "$BODY" "$URL" >"$2"
+        -m POST -H 'content-type: application/json' "${AUTH_HEADER[@]}" -d "$BODY" "$URL" >"$2"
 }
 
 log "warm-up"

@@ -140,7 +140,7 @@ if [ "${BENCH_LIMITS:-1}" = 1 ]; then
     LIMITS_YAML="auth:
   managed_keys: true
 teams:
-  bench: { rpm: 1000000000, tpm: 4000000000, budget: { daily: 1000000, monthly: 10000000 } }"
+  bench: { rpm: 1000000000, tpm: 4000000000, budget: { daily: 1000000, monthly: 9000000 } }"
     MODEL_LIMITS=", rpm: 1000000000, tpm: 4000000000, budget: { daily: 1000000 }"
 fi
 cat >"$WORK/tollgate.yaml" <<EOF

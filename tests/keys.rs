@@ -298,6 +298,13 @@ async fn cost_of_one(gw: &TestGateway, key: &str) -> f64 {
     resp.headers()["x-tollgate-cost-usd"].to_str().unwrap().parse().unwrap()
 }
 
+/// The cost of one `fast` request, measured on a gateway of its own over the ledger at `url`.
+async fn cost_of_one_on(url: &str) -> f64 {
+    let gw = start(&config(url, "")).await;
+    let (probe, _) = create_key(&gw, json!({"name": "probe"})).await;
+    cost_of_one(&gw, &probe).await
+}
+
 #[tokio::test]
 async fn a_spent_budget_refuses_the_next_request_and_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -362,10 +369,7 @@ async fn a_spent_budget_refuses_the_next_request_and_survives_a_restart() {
 async fn a_team_budget_is_spent_by_all_its_keys() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(&dir);
-    let probe_gw = start(&config(&url, "")).await;
-    let (probe, _) = create_key(&probe_gw, json!({"name": "probe"})).await;
-    let one = cost_of_one(&probe_gw, &probe).await;
-    drop(probe_gw);
+    let one = cost_of_one_on(&url).await;
     let team = format!("teams:\n  ml: {{ budget: {{ daily: \"{:.12}\" }} }}", one * 3.0);
     let gw = start(&config(&format!("sqlite://{}/other.db", dir.path().display()), &team)).await;
     let (a, _) = create_key(&gw, json!({"name": "a", "team": "ml"})).await;
@@ -453,10 +457,7 @@ async fn routes_match_a_keys_team() {
 async fn a_backend_whose_budget_is_spent_is_skipped_and_restarts_remember_it() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(&dir);
-    let probe_gw = start(&config(&url, "")).await;
-    let (probe, _) = create_key(&probe_gw, json!({"name": "probe"})).await;
-    let one = cost_of_one(&probe_gw, &probe).await;
-    drop(probe_gw);
+    let one = cost_of_one_on(&url).await;
     // `capped` may spend two requests' worth a day; the route spills to `dedicated` after.
     let yaml = format!(
         r#"auth:

@@ -229,11 +229,12 @@ pub fn parse_usd(text: &str) -> Result<Pico, String> {
     } else {
         frac.parse::<Pico>().map_err(|_| bad())? * 10u128.pow(12 - frac.len() as u32)
     };
+    // Stored as a 64-bit number of pico-dollars: at most about 9.2 million USD.
     whole
         .checked_mul(1_000_000_000_000)
         .and_then(|w| w.checked_add(frac_pico))
         .filter(|p| *p <= i64::MAX as Pico)
-        .ok_or_else(bad)
+        .ok_or_else(|| format!("`{text}` is more than the 9,000,000 USD a budget can be"))
 }
 
 #[cfg(test)]
