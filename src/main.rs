@@ -45,7 +45,7 @@ enum Command {
         /// How far back: 30m, 24h, 7d...
         #[arg(long, default_value = "24h")]
         since: String,
-        /// backend, model, route or key.
+        /// backend, model, route, key or team.
         #[arg(long, default_value = "backend")]
         by: String,
         /// table, json or csv.
@@ -270,7 +270,7 @@ fn report(path: &std::path::Path, since: &str, by: &str, format: &str) -> ExitCo
         }
     };
     let Some(by) = report::By::parse(by) else {
-        eprintln!("--by: `{by}` is not backend, model, route or key");
+        eprintln!("--by: `{by}` is not backend, model, route, key or team");
         return ExitCode::FAILURE;
     };
     if !matches!(format, "table" | "json" | "csv") {

@@ -391,6 +391,29 @@ async fn a_team_budget_is_spent_by_all_its_keys() {
         m.contains(r#"tollgate_budget_used_ratio{name="ml",period="day",scope="team"} 1"#),
         "{m}"
     );
+    // The report by team: the team's four requests, one refused.
+    let mut report = Value::Null;
+    for _ in 0..50 {
+        report = reqwest::Client::new()
+            .get(gw.url("/admin/usage?since=1h&by=team"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if report["groups"][0]["requests"] == 4 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let ml = &report["groups"][0];
+    assert_eq!(
+        (ml["group"].as_str(), ml["requests"].as_u64(), ml["errors"].as_u64()),
+        (Some("ml"), Some(4), Some(1)),
+        "{report}"
+    );
 }
 
 #[tokio::test]

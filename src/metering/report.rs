@@ -1,4 +1,4 @@
-//! Reports over the usage ledger: per backend, model, route or key, side by
+//! Reports over the usage ledger: per backend, model, route, key or team, side by
 //! side, so two backends serving the same traffic are compared on cost and
 //! latency. `tollgate report` prints them; `GET /admin/usage` answers them
 //! as JSON. Shadow (mirror) rows are left out: they are not client traffic.
@@ -19,6 +19,7 @@ pub enum By {
     Model,
     Route,
     Key,
+    Team,
 }
 
 impl By {
@@ -28,6 +29,7 @@ impl By {
             "model" => By::Model,
             "route" => By::Route,
             "key" => By::Key,
+            "team" => By::Team,
             _ => return None,
         })
     }
@@ -38,6 +40,7 @@ impl By {
             By::Model => "requested_model",
             By::Route => "route",
             By::Key => "key_id",
+            By::Team => "team",
         }
     }
 }

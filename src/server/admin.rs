@@ -156,7 +156,7 @@ pub async fn usage(State(gw): State<Arc<Gateway>>, uri: http::Uri) -> Response {
     let by_text = param("by").unwrap_or_else(|| "backend".into());
     let Some(by) = report::By::parse(&by_text) else {
         return respond::error(
-            &ApiError::bad_request(format!("`{by_text}` is not backend, model, route or key")).with_param("by"),
+            &ApiError::bad_request(format!("`{by_text}` is not backend, model, route, key or team")).with_param("by"),
         );
     };
     let result = match &gw.store {
