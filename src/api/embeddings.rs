@@ -85,22 +85,34 @@ pub enum Input<'a> {
 
 /// Little-endian f32s in standard base64, as OpenAI's `encoding_format: base64`.
 pub fn base64_f32(v: &[f32]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    use base64::Engine;
     let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// One vector of OpenAI's embeddings list: `floats` (a JSON array) as it is,
+/// or as base64 of its f32s when the client asked for `encoding_format: base64`.
+pub fn entry(index: usize, floats: Value, format: Option<EncodingFormat>) -> Value {
+    let embedding = match format {
+        Some(EncodingFormat::Base64) => {
+            let f32s: Vec<f32> = floats
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .map(|x| x as f32)
+                .collect();
+            Value::String(base64_f32(&f32s))
         }
-    }
-    out
+        _ => floats,
+    };
+    serde_json::json!({"object": "embedding", "index": index, "embedding": embedding})
+}
+
+/// OpenAI's embeddings answer: the list, the model, and the prompt's tokens.
+pub fn list(data: Vec<Value>, model: &str, prompt_tokens: u64) -> Value {
+    serde_json::json!({"object": "list", "data": data, "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}})
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{Call, Provider, Reply, StreamEvent, UpstreamError};
-use crate::api::embeddings::{EncodingFormat, Input, base64_f32};
+use crate::api::embeddings::{self, Input};
 use crate::api::{ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
 use crate::config::SimulatedSection;
 
@@ -295,15 +295,11 @@ impl Provider for SimulatedProvider {
                         embed(serde_json::to_string(tokens).unwrap_or_default().as_bytes(), dims)
                     }
                 };
-                let embedding = match req.encoding_format {
-                    Some(EncodingFormat::Base64) => Value::String(base64_f32(&vector)),
-                    _ => json!(vector),
-                };
-                json!({"object": "embedding", "index": index, "embedding": embedding})
+                embeddings::entry(index, json!(vector), req.encoding_format)
             })
             .collect();
         let usage = Usage::new(prompt_tokens, 0);
-        let body = json!({"object": "list", "data": data, "model": call.requested_model, "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}});
+        let body = embeddings::list(data, call.requested_model, prompt_tokens);
         Ok(Reply::Complete {
             body: encode(&body),
             usage: Some(usage),

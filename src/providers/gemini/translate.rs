@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use crate::api::chat::{ChatMessage, MessageContent, Role, ToolChoice, base64_data_url};
-use crate::api::embeddings::{EncodingFormat, Input, base64_f32};
+use crate::api::embeddings::{self, Input};
 use crate::api::{ApiError, ChatRequest, EmbeddingsRequest, Usage};
 use crate::metering::estimate;
 use crate::providers::StreamEvent;
@@ -460,20 +460,7 @@ pub fn to_embeddings(raw: &[u8], req: &EmbeddingsRequest) -> Result<(Bytes, Usag
         .enumerate()
         .map(|(index, e)| {
             let values = e.get("values").cloned().unwrap_or_else(|| json!([]));
-            let embedding = match req.encoding_format {
-                Some(EncodingFormat::Base64) => {
-                    let floats: Vec<f32> = values
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(Value::as_f64)
-                        .map(|x| x as f32)
-                        .collect();
-                    json!(base64_f32(&floats))
-                }
-                _ => values,
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
+            embeddings::entry(index, values, req.encoding_format)
         })
         .collect();
     let tokens: u64 = req
@@ -484,7 +471,7 @@ pub fn to_embeddings(raw: &[u8], req: &EmbeddingsRequest) -> Result<(Bytes, Usag
             Input::Tokens(t) => t.len() as u64,
         })
         .sum();
-    let body = json!({"object": "list", "data": data, "model": req.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    let body = embeddings::list(data, &req.model, tokens);
     // Gemini reports no usage for embeddings.
     Ok((Bytes::from(serde_json::to_vec(&body)?), Usage::estimated(tokens, 0)))
 }

@@ -27,7 +27,7 @@ use serde_json::{Map, Value, json};
 
 use super::template::{ChatTemplate, Speaker, Turn};
 use crate::api::chat::{ChatMessage, MessageContent, Role};
-use crate::api::embeddings::{EncodingFormat, base64_f32};
+use crate::api::embeddings;
 use crate::api::{ApiError, ChatRequest, CompletionRequest, EmbeddingsRequest, Usage};
 use crate::metering::estimate;
 use crate::providers::StreamEvent;
@@ -593,13 +593,7 @@ pub fn to_embeddings(
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
-        .map(|(index, v)| {
-            let embedding = match req.encoding_format {
-                Some(EncodingFormat::Base64) => json!(base64_f32(v)),
-                _ => json!(v),
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
-        })
+        .map(|(index, v)| embeddings::entry(index, json!(v), req.encoding_format))
         .collect();
     let usage = match compute_tokens {
         Some(t) => Usage::new(t, 0),
@@ -612,8 +606,7 @@ pub fn to_embeddings(
             Usage::estimated(texts, 0)
         }
     };
-    let body = json!({"object": "list", "data": data, "model": model,
-                      "usage": {"prompt_tokens": usage.prompt_tokens, "total_tokens": usage.total_tokens}});
+    let body = embeddings::list(data, model, usage.prompt_tokens);
     Ok((Bytes::from(serde_json::to_vec(&body)?), usage))
 }
 

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::api::chat::{ChatMessage, MessageContent, Role, base64_data_url};
-use crate::api::embeddings::{EncodingFormat, base64_f32};
+use crate::api::embeddings::{self, EncodingFormat};
 use crate::api::usage::ReportedTime;
 use crate::api::{ApiError, ChatRequest, EmbeddingsRequest, Usage};
 use crate::providers::StreamEvent;
@@ -377,16 +377,10 @@ pub fn to_embeddings(raw: &[u8], format: Option<EncodingFormat>) -> Result<(Byte
         .embeddings
         .iter()
         .enumerate()
-        .map(|(index, v)| {
-            let embedding = match format {
-                Some(EncodingFormat::Base64) => json!(base64_f32(&v.iter().map(|x| *x as f32).collect::<Vec<_>>())),
-                _ => json!(v),
-            };
-            json!({"object": "embedding", "index": index, "embedding": embedding})
-        })
+        .map(|(index, v)| embeddings::entry(index, json!(v), format))
         .collect();
     let tokens = a.prompt_eval_count.unwrap_or(0);
-    let body = json!({"object": "list", "data": data, "model": a.model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+    let body = embeddings::list(data, &a.model, tokens);
     Ok((Bytes::from(serde_json::to_vec(&body)?), Usage::new(tokens, 0)))
 }
 
