@@ -32,15 +32,18 @@ fn sqlite_url(dir: &tempfile::TempDir) -> String {
     format!("sqlite://{}/ledger.db", dir.path().display())
 }
 
+/// A request to the admin API, with the master key.
+fn admin(gw: &TestGateway, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+    reqwest::Client::new().request(method, gw.url(path)).bearer_auth(ADMIN)
+}
+
 async fn start(yaml: &str) -> TestGateway {
     TestGateway::start(yaml, &[("ADMIN", ADMIN)]).await
 }
 
 /// Makes a key through the admin API; returns (key, id).
 async fn create_key(gw: &TestGateway, body: Value) -> (String, String) {
-    let resp = reqwest::Client::new()
-        .post(gw.url("/admin/keys"))
-        .bearer_auth(ADMIN)
+    let resp = admin(gw, reqwest::Method::POST, "/admin/keys")
         .json(&body)
         .send()
         .await
@@ -123,9 +126,7 @@ async fn the_cli_and_the_admin_api_make_list_and_revoke_keys_stored_only_hashed(
     // Accepted at once by the gateway that made it.
     assert_eq!(chat(&gw, &api_key, hello("fast")).await.status(), 200);
 
-    let list: Value = reqwest::Client::new()
-        .get(gw.url("/admin/keys"))
-        .bearer_auth(ADMIN)
+    let list: Value = admin(&gw, reqwest::Method::GET, "/admin/keys")
         .send()
         .await
         .unwrap()
@@ -145,26 +146,20 @@ async fn the_cli_and_the_admin_api_make_list_and_revoke_keys_stored_only_hashed(
     assert!(!text.contains(&cli_key) && !text.contains(&api_key) && !text.contains("digest"));
 
     // A bad request is a 400 naming the field.
-    let bad = reqwest::Client::new()
-        .post(gw.url("/admin/keys"))
-        .bearer_auth(ADMIN)
+    let bad = admin(&gw, reqwest::Method::POST, "/admin/keys")
         .json(&json!({"name": "x", "budget_daily_usd": "lots"}))
         .send()
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
 
-    let revoked = reqwest::Client::new()
-        .delete(gw.url(&format!("/admin/keys/{api_id}")))
-        .bearer_auth(ADMIN)
+    let revoked = admin(&gw, reqwest::Method::DELETE, &format!("/admin/keys/{api_id}"))
         .send()
         .await
         .unwrap();
     assert_eq!(revoked.status(), 200);
     assert_eq!(chat(&gw, &api_key, hello("fast")).await.status(), 401);
-    let again = reqwest::Client::new()
-        .delete(gw.url(&format!("/admin/keys/{api_id}")))
-        .bearer_auth(ADMIN)
+    let again = admin(&gw, reqwest::Method::DELETE, &format!("/admin/keys/{api_id}"))
         .send()
         .await
         .unwrap();
@@ -394,9 +389,7 @@ async fn a_team_budget_is_spent_by_all_its_keys() {
     // The report by team: the team's four requests, one refused.
     let mut report = Value::Null;
     for _ in 0..50 {
-        report = reqwest::Client::new()
-            .get(gw.url("/admin/usage?since=1h&by=team"))
-            .bearer_auth(ADMIN)
+        report = admin(&gw, reqwest::Method::GET, "/admin/usage?since=1h&by=team")
             .send()
             .await
             .unwrap()
@@ -521,9 +514,7 @@ routes:
     .unwrap();
     assert!((used - 1.0).abs() < 1e-6, "{used}");
     // The explanation names it too.
-    let explained: Value = reqwest::Client::new()
-        .post(gw.url("/v1/route/explain"))
-        .bearer_auth(ADMIN)
+    let explained: Value = admin(&gw, reqwest::Method::POST, "/v1/route/explain")
         .json(&hello("spill"))
         .send()
         .await
