@@ -95,13 +95,14 @@ struct Periods {
 }
 
 impl Periods {
-    /// Starts new totals when the day or month has changed.
+    /// Starts new totals when a new day or month has begun. Only forward: a
+    /// caller holding a `Now` from before midnight must not reset the new day.
     fn roll(&mut self, now: Now) {
-        if self.day != now.day {
+        if now.day > self.day {
             self.day = now.day;
             self.spent.day = 0;
         }
-        if self.month != now.month {
+        if now.month > self.month {
             self.month = now.month;
             self.spent.month = 0;
         }
@@ -109,12 +110,17 @@ impl Periods {
 }
 
 impl Spend {
-    /// Adds a request's cost.
+    /// Adds a request's cost to the periods `now` is in (a past day's cost
+    /// still counts for the month if that is the current one).
     pub fn add(&self, now: Now, pico: Pico) {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         p.roll(now);
-        p.spent.day += pico;
-        p.spent.month += pico;
+        if now.day == p.day {
+            p.spent.day += pico;
+        }
+        if now.month == p.month {
+            p.spent.month += pico;
+        }
     }
 
     pub fn spent(&self, now: Now) -> Spent {
@@ -128,8 +134,12 @@ impl Spend {
     pub fn at_least(&self, now: Now, ledger: Spent) {
         let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
         p.roll(now);
-        p.spent.day = p.spent.day.max(ledger.day);
-        p.spent.month = p.spent.month.max(ledger.month);
+        if now.day == p.day {
+            p.spent.day = p.spent.day.max(ledger.day);
+        }
+        if now.month == p.month {
+            p.spent.month = p.spent.month.max(ledger.month);
+        }
     }
 }
 
@@ -272,6 +282,10 @@ mod tests {
         s.at_least(Now::at(DEC_1), Spent { day: 3, month: 9 });
         s.at_least(Now::at(DEC_1), Spent { day: 1, month: 1 });
         assert_eq!(s.spent(Now::at(DEC_1)), Spent { day: 3, month: 9 });
+        // A late caller from before midnight resets nothing and adds to no current period.
+        s.add(Now::at(NOV_30_LAST_MS), 100);
+        s.at_least(Now::at(NOV_30_LAST_MS), Spent { day: 500, month: 500 });
+        assert_eq!(s.spent(Now::at(NOV_30_LAST_MS)), Spent { day: 3, month: 9 });
     }
 
     #[test]

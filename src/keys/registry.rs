@@ -44,19 +44,22 @@ pub enum Caller {
     /// A key from `auth.keys`: its id only.
     Static(Arc<str>),
     Managed(Arc<ManagedKey>),
+    /// Any string presented to an open gateway: named in the ledger by its
+    /// id, but never a metric label (there is no bound on how many there are).
+    Anonymous(Arc<str>),
 }
 
 impl Caller {
     pub fn id(&self) -> &str {
         match self {
-            Caller::Static(id) => id,
+            Caller::Static(id) | Caller::Anonymous(id) => id,
             Caller::Managed(k) => &k.record.id,
         }
     }
 
     pub fn team(&self) -> Option<&str> {
         match self {
-            Caller::Static(_) => None,
+            Caller::Static(_) | Caller::Anonymous(_) => None,
             Caller::Managed(k) => k.record.team.as_deref(),
         }
     }
@@ -64,8 +67,13 @@ impl Caller {
     pub fn managed(&self) -> Option<&Arc<ManagedKey>> {
         match self {
             Caller::Managed(k) => Some(k),
-            Caller::Static(_) => None,
+            Caller::Static(_) | Caller::Anonymous(_) => None,
         }
+    }
+
+    /// Whether the key is one the operator made (so a bounded label).
+    pub fn is_known(&self) -> bool {
+        !matches!(self, Caller::Anonymous(_))
     }
 }
 
@@ -75,6 +83,10 @@ pub struct KeyRegistry {
     teams: ArcSwap<HashMap<String, Arc<Team>>>,
     /// The last records read from the store, to rebuild from when teams change.
     records: ArcSwap<Vec<KeyRecord>>,
+    /// One rebuild at a time: teams and keys swapped together, never a stale list over a newer one.
+    rebuilding: std::sync::Mutex<()>,
+    /// One refresh at a time: a list read before a revoke cannot land after it.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 /// One budget's use, for `tollgate_budget_used_ratio`.
@@ -105,6 +117,7 @@ impl KeyRegistry {
 
     /// Takes the config's teams; limiters and spend of teams that remain are kept.
     pub fn set_teams(&self, specs: &[TeamSpec]) {
+        let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
         let old = self.teams.load();
         let teams = specs
             .iter()
@@ -130,6 +143,15 @@ impl KeyRegistry {
 
     /// Takes the store's active keys; limiters and spend of keys that remain are kept.
     pub fn set_keys(&self, records: Vec<KeyRecord>) {
+        let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        self.rebuild(&records);
+        self.records.store(Arc::new(records));
+    }
+
+    /// Stops accepting a key at once (revoked here), whatever the next refresh brings.
+    pub fn forget(&self, id: &str) {
+        let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        let records: Vec<KeyRecord> = self.records.load().iter().filter(|r| r.id != id).cloned().collect();
         self.rebuild(&records);
         self.records.store(Arc::new(records));
     }
@@ -164,6 +186,7 @@ impl KeyRegistry {
 
     /// Reads the active keys from the store.
     pub async fn refresh(&self, store: &KeyStore) -> Result<(), sqlx::Error> {
+        let _one = self.refreshing.lock().await;
         let records = store.list(false).await?;
         self.set_keys(records);
         Ok(())

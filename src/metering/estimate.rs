@@ -119,7 +119,10 @@ impl Counter {
         match self {
             Counter::Approximate => tokens(text),
             Counter::Bpe(e) => match e.tables() {
-                Some(bpe) => bpe.count_ordinary(text) as u64,
+                // tiktoken-rs unwraps its regex's result: a pathological text
+                // must cost an approximation, not the request's metering.
+                Some(bpe) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| bpe.count_ordinary(text)))
+                    .map_or_else(|_| tokens(text), |n| n as u64),
                 None => tokens(text),
             },
         }

@@ -141,29 +141,43 @@ impl Limits {
     }
 
     /// Takes one request and reserves its estimated tokens, or says which limit refuses.
+    ///
+    /// Tokens first: they can be given back if the request cell is refused,
+    /// whereas governor's cell cannot, so a request refused for its tokens
+    /// does not also use up a request.
     pub fn take(&self, prompt_tokens: u64, max_tokens: Option<u64>) -> Result<Option<Reservation>, Limited> {
+        let reservation = match &self.tpm {
+            None => None,
+            Some(bucket) => {
+                let tokens = prompt_tokens + max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS);
+                match bucket.take(tokens, Instant::now()) {
+                    Ok(()) => Some(Reservation {
+                        bucket: bucket.clone(),
+                        tokens,
+                    }),
+                    Err(wait) => {
+                        return Err(Limited {
+                            limit: "tokens",
+                            per_minute: bucket.per_minute,
+                            wait,
+                        });
+                    }
+                }
+            }
+        };
         if let Some((max, limiter)) = &self.rpm
             && let Err(not_until) = limiter.check()
         {
+            if let Some(r) = reservation {
+                r.settle(0);
+            }
             return Err(Limited {
                 limit: "requests",
                 per_minute: *max,
                 wait: not_until.wait_time_from(DefaultClock::default().now()),
             });
         }
-        let Some(bucket) = &self.tpm else { return Ok(None) };
-        let tokens = prompt_tokens + max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS);
-        match bucket.take(tokens, Instant::now()) {
-            Ok(()) => Ok(Some(Reservation {
-                bucket: bucket.clone(),
-                tokens,
-            })),
-            Err(wait) => Err(Limited {
-                limit: "tokens",
-                per_minute: bucket.per_minute,
-                wait,
-            }),
-        }
+        Ok(reservation)
     }
 }
 
@@ -187,6 +201,20 @@ mod tests {
         assert_eq!(refused.limit, "tokens");
         assert!(Limits::new(None, None).is_none() && Limits::new(Some(0), None).is_none());
         assert!(t.same(None, Some(1000)) && !t.same(Some(5), Some(1000)));
+        // Refused for its tokens, a request keeps its request cell; refused a request, its tokens come back.
+        let both = Limits::new(Some(2), Some(100)).unwrap();
+        assert!(both.take(50, Some(10)).is_ok());
+        assert_eq!(both.take(50, Some(10)).unwrap_err().limit, "tokens");
+        assert!(
+            both.take(10, Some(10)).is_ok(),
+            "the second request cell was still there"
+        );
+        let left = both.tpm.as_ref().unwrap().available(Instant::now());
+        assert_eq!(both.take(5, Some(5)).unwrap_err().limit, "requests");
+        assert!(
+            both.tpm.as_ref().unwrap().available(Instant::now()) >= left,
+            "its tokens came back"
+        );
     }
 
     #[tokio::test(start_paused = true)]

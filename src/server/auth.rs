@@ -90,7 +90,7 @@ impl Keys {
         }
         if self.is_open() {
             // Open: any key is let through, and named in the ledger by its id.
-            return Ok(Some(Caller::Static(id_of_digest(&d).into())));
+            return Ok(Some(Caller::Anonymous(id_of_digest(&d).into())));
         }
         Err(Refused)
     }
@@ -166,6 +166,9 @@ mod tests {
         // Open: no key is fine, and a key is named.
         let open = Keys::new(&[]);
         assert!(open.identify(&HeaderMap::new(), &registry).unwrap().is_none());
-        assert_eq!(open.identify(&h, &registry).unwrap().unwrap().id(), id_of(b"tg-two"));
+        let anonymous = open.identify(&h, &registry).unwrap().unwrap();
+        assert_eq!(anonymous.id(), id_of(b"tg-two"));
+        // Any string at all: never a metric label.
+        assert!(!anonymous.is_known() && caller.is_known());
     }
 }

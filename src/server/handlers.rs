@@ -226,6 +226,11 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 }
                 tokio::time::sleep(wait).await;
             }
+            // Health first (it costs nothing to ask), then the limits, then the claim.
+            if let Err(why) = backend.health.check(Instant::now(), decision.honour_cooldown) {
+                skipped.push(format!("{}: {why}", backend.model));
+                continue 'backends;
+            }
             let reservation = match backend.limits.as_ref().map(|l| l.take(prompt_tokens, max_tokens)) {
                 None => None,
                 Some(Ok(reservation)) => reservation,
@@ -451,7 +456,8 @@ pub(super) fn budget_error(scope: &str, period: Period, limit: crate::metering::
     )
     .with_code("budget_exceeded");
     e.kind = "insufficient_quota".into();
-    e.retry_after = Some(now.until_reset(period).as_secs().max(1));
+    let wait = now.until_reset(period);
+    e.retry_after = Some((wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1));
     e
 }
 

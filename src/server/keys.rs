@@ -48,21 +48,25 @@ async fn sync_spend(gw: &Gateway, store: &KeyStore) -> Result<(), sqlx::Error> {
 /// Re-reads the keys every `every`, and spend every minute, until the process ends.
 pub async fn keep_current(gw: Arc<Gateway>, every: Duration) {
     let Some(store) = gw.store.clone() else { return };
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // One tick, often enough for both: keys every `every`, spend every minute
+    // (each the nearest whole number of ticks).
+    let tick_every = every.min(SPEND_SYNC);
+    let ticks = |period: Duration| (period.as_secs_f64() / tick_every.as_secs_f64()).round().max(1.0) as u64;
+    let (refresh_ticks, sync_ticks) = (ticks(every), ticks(SPEND_SYNC));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_sync = tokio::time::Instant::now();
-    loop {
+    for n in 1u64.. {
         tick.tick().await;
-        if gw.keys.load().managed()
+        if n % refresh_ticks == 0
+            && gw.keys.load().managed()
             && let Err(e) = gw.registry.refresh(&store).await
         {
             tracing::warn!(error = %e, "cannot re-read the managed keys; the last list stays");
         }
-        if last_sync.elapsed() >= SPEND_SYNC {
-            last_sync = tokio::time::Instant::now();
-            if let Err(e) = sync_spend(&gw, &store).await {
-                tracing::warn!(error = %e, "cannot read spend from the ledger");
-            }
+        if n % sync_ticks == 0
+            && let Err(e) = sync_spend(&gw, &store).await
+        {
+            tracing::warn!(error = %e, "cannot read spend from the ledger");
         }
     }
 }
@@ -132,7 +136,10 @@ pub async fn list(State(gw): State<Arc<Gateway>>, uri: http::Uri) -> Response {
 pub async fn revoke(State(gw): State<Arc<Gateway>>, Path(id): Path<String>) -> Response {
     let result = async {
         let store = store(&gw)?;
-        if !store.revoke(&id).await.map_err(|e| unavailable(&e))? {
+        let revoked = store.revoke(&id).await.map_err(|e| unavailable(&e))?;
+        // Refused here at once, whether or not the refresh below succeeds.
+        gw.registry.forget(&id);
+        if !revoked {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 ErrorKind::InvalidRequest,

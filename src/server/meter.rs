@@ -19,7 +19,9 @@ use crate::routing::Backend;
 use crate::routing::limits::Reservation;
 
 /// Text kept per stream for an exact count, at most; beyond, characters are counted.
-const MAX_KEPT_TEXT: usize = 256 << 10;
+/// 64 KiB is about 16k tokens, a few milliseconds of counting at the end of a
+/// cut stream, on the worker that drops it.
+const MAX_KEPT_TEXT: usize = 64 << 10;
 
 pub struct RequestMeter {
     metrics: Arc<Metrics>,
@@ -303,7 +305,7 @@ impl RequestMeter {
                 team.spend.add(now, pico);
             }
         }
-        if self.metrics.key_labels() {
+        if self.metrics.key_labels() && caller.is_known() {
             self.metrics.key_request(KeyOutcome {
                 key: caller.id(),
                 team: caller.team().unwrap_or(""),

@@ -71,6 +71,10 @@ pub fn spawn<R: ProxyRequest>(gw: Arc<Gateway>, shadow: Shadow<R>) {
         };
         let elapsed = started.elapsed();
         let cost = usage.zip(backend.pricing).map(|(u, p)| p.cost(&u, elapsed));
+        // Shadow traffic is the operator's spend on that backend: it counts against its budget.
+        if let (Some(budget), Some(pico)) = (&backend.budget, cost) {
+            budget.spend.add(crate::keys::budget::Now::current(), pico);
+        }
         gw.metrics.mirrored(MirrorSide {
             route: &route,
             role: "shadow",

@@ -88,8 +88,13 @@ impl Gateway {
         let previous = self.router.load_full();
         let router = Router::from_config(config, &self.metrics, Some(&previous));
         self.router.store(Arc::new(router));
+        // Managed keys need the key store opened at start: the start value stays.
+        let managed = self.keys.load().managed();
+        if managed != config.managed_keys {
+            tracing::warn!("auth.managed_keys changed: it takes effect at the next restart");
+        }
         self.keys
-            .store(Arc::new(Keys::new(&config.auth_keys).with_managed(config.managed_keys)));
+            .store(Arc::new(Keys::new(&config.auth_keys).with_managed(managed)));
         self.registry.set_teams(&config.teams);
         self.cut_streams
             .store(config.cut_streams_over_budget, Ordering::Relaxed);
