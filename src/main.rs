@@ -129,7 +129,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Connects to the config's ledger database and runs `f` with its key store.
+/// Connects to the config's ledger database (creating and migrating it if
+/// needed) and runs `f` with it: reports read it, keys are kept in it.
 fn with_store<T>(
     path: &std::path::Path,
     f: impl AsyncFnOnce(&tollgate::keys::KeyStore, &config::Config) -> Result<T, String>,
@@ -137,7 +138,7 @@ fn with_store<T>(
     let cfg = config::load(path).map_err(|e| e.to_string())?;
     let Some(ledger) = &cfg.ledger else {
         return Err(format!(
-            "{}: keys are kept in the ledger's database, and no `ledger` is configured",
+            "{}: no `ledger` is configured (reports read it, and keys are kept in its database)",
             path.display()
         ));
     };
@@ -248,51 +249,23 @@ fn keys(path: &std::path::Path, action: KeysAction) -> ExitCode {
 
 fn report(path: &std::path::Path, since: &str, by: &str, format: &str) -> ExitCode {
     use tollgate::metering::report;
-    let cfg = match config::load(path) {
-        Ok(cfg) => cfg,
-        Err(errors) => {
-            eprintln!("{errors}");
-            return ExitCode::FAILURE;
+    let checked = (|| {
+        let window = tollgate::config::parse_window(since).map_err(|e| format!("--since: {e}"))?;
+        let by =
+            report::By::parse(by).ok_or_else(|| format!("--by: `{by}` is not backend, model, route, key or team"))?;
+        if !matches!(format, "table" | "json" | "csv") {
+            return Err(format!("--format: `{format}` is not table, json or csv"));
         }
-    };
-    let Some(ledger) = cfg.ledger else {
-        eprintln!(
-            "{}: no `ledger` is configured, so there is nothing to report",
-            path.display()
-        );
-        return ExitCode::FAILURE;
-    };
-    let window = match tollgate::config::parse_window(since) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("--since: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let Some(by) = report::By::parse(by) else {
-        eprintln!("--by: `{by}` is not backend, model, route, key or team");
-        return ExitCode::FAILURE;
-    };
-    if !matches!(format, "table" | "json" | "csv") {
-        eprintln!("--format: `{format}` is not table, json or csv");
-        return ExitCode::FAILURE;
-    }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let since_ms = tollgate::metering::report::since_ms(window);
-    let groups = runtime.block_on(async {
-        sqlx::any::install_default_drivers();
-        let pool = sqlx::AnyPool::connect(&ledger.url).await?;
-        let groups = report::groups(&pool, since_ms, by).await;
-        pool.close().await;
-        groups
+        Ok((report::since_ms(window), by))
+    })();
+    let result = checked.and_then(|(since_ms, by)| {
+        with_store(path, async |store, _| {
+            report::groups(store.pool(), since_ms, by)
+                .await
+                .map_err(|e| format!("cannot read the ledger: {e}"))
+        })
     });
-    match groups {
+    match result {
         Ok(groups) => {
             let out = match format {
                 "json" => serde_json::to_string_pretty(&groups).unwrap_or_default() + "\n",
@@ -303,7 +276,7 @@ fn report(path: &std::path::Path, since: &str, by: &str, format: &str) -> ExitCo
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("cannot read the ledger: {e}");
+            eprintln!("{e}");
             ExitCode::FAILURE
         }
     }

@@ -90,8 +90,17 @@ pub fn base64_f32(v: &[f32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// One vector of OpenAI's embeddings list: `floats` (a JSON array) as it is,
-/// or as base64 of its f32s when the client asked for `encoding_format: base64`.
+/// One vector of OpenAI's embeddings list, from floats already parsed: as
+/// they are, or as base64 of them when the client asked for `encoding_format: base64`.
+pub fn entry_f32(index: usize, floats: &[f32], format: Option<EncodingFormat>) -> Value {
+    let embedding = match format {
+        Some(EncodingFormat::Base64) => Value::String(base64_f32(floats)),
+        _ => serde_json::json!(floats),
+    };
+    item(index, embedding)
+}
+
+/// The same from an upstream's JSON array, passed on as it came unless base64 is asked for.
 pub fn entry(index: usize, floats: Value, format: Option<EncodingFormat>) -> Value {
     let embedding = match format {
         Some(EncodingFormat::Base64) => {
@@ -106,6 +115,10 @@ pub fn entry(index: usize, floats: Value, format: Option<EncodingFormat>) -> Val
         }
         _ => floats,
     };
+    item(index, embedding)
+}
+
+fn item(index: usize, embedding: Value) -> Value {
     serde_json::json!({"object": "embedding", "index": index, "embedding": embedding})
 }
 

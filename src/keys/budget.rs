@@ -28,6 +28,14 @@ impl Period {
             Period::Month => "month",
         }
     }
+
+    /// `daily` or `monthly`, as messages say it.
+    pub fn adjective(self) -> &'static str {
+        match self {
+            Period::Day => "daily",
+            Period::Month => "monthly",
+        }
+    }
 }
 
 /// A budget's limits; either may be unset.

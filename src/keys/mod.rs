@@ -56,15 +56,10 @@ fn usd_or_null<S: serde::Serializer>(v: &Option<Pico>, s: S) -> Result<S::Ok, S:
 pub fn generate() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 24];
     getrandom::fill(&mut bytes)?;
-    let mut key = String::with_capacity(3 + 48);
-    key.push_str("tg-");
-    for b in bytes {
-        key.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
-        key.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
-    }
-    Ok(key)
+    Ok(format!("tg-{}", hex(&bytes)))
 }
 
+/// Lowercase hex digits of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {

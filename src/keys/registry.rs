@@ -107,14 +107,6 @@ impl KeyRegistry {
         self.keys.load().get(digest).cloned()
     }
 
-    pub fn len(&self) -> usize {
-        self.keys.load().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Takes the config's teams; limiters and spend of teams that remain are kept.
     pub fn set_teams(&self, specs: &[TeamSpec]) {
         let _one = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
@@ -128,7 +120,9 @@ impl KeyRegistry {
                     _ => Arc::new(Team {
                         spec: spec.clone(),
                         limits: match kept {
-                            Some(t) if (t.spec.rpm, t.spec.tpm) == (spec.rpm, spec.tpm) => t.limits.clone(),
+                            Some(t) if t.limits.as_ref().is_some_and(|l| l.same(spec.rpm, spec.tpm)) => {
+                                t.limits.clone()
+                            }
                             _ => Limits::new(spec.rpm, spec.tpm).map(Arc::new),
                         },
                         spend: kept.map_or_else(Arc::default, |t| t.spend.clone()),
@@ -171,7 +165,7 @@ impl KeyRegistry {
                     _ => Arc::new(ManagedKey {
                         record: r.clone(),
                         limits: match kept {
-                            Some(k) if (k.record.rpm, k.record.tpm) == (r.rpm, r.tpm) => k.limits.clone(),
+                            Some(k) if k.limits.as_ref().is_some_and(|l| l.same(r.rpm, r.tpm)) => k.limits.clone(),
                             _ => Limits::new(r.rpm, r.tpm).map(Arc::new),
                         },
                         spend: kept.map_or_else(Arc::default, |k| k.spend.clone()),

@@ -1,7 +1,6 @@
 //! Keys in the ledger's database (`tollgate_keys`), through the same sqlx
 //! `Any` pool code path as the ledger: SQLite or PostgreSQL.
 
-use sha2::{Digest, Sha256};
 use sqlx::{AnyPool, Row as _};
 
 use super::KeyRecord;
@@ -78,10 +77,6 @@ fn to_i64(p: Option<Pico>) -> Option<i64> {
     p.map(|p| i64::try_from(p).unwrap_or(i64::MAX))
 }
 
-fn digest_of(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
-
 impl KeyStore {
     /// Opens (and migrates) the database at `url`, the ledger's.
     pub async fn open(url: &str) -> Result<KeyStore, sqlx::Error> {
@@ -97,9 +92,9 @@ impl KeyStore {
     /// Creates a key; the returned string is the only time it exists outside the client.
     pub async fn create(&self, new: &NewKey) -> Result<(KeyRecord, String), sqlx::Error> {
         let secret = super::generate().map_err(|e| sqlx::Error::Protocol(format!("no random bytes: {e}")))?;
-        let digest = digest_of(&secret);
+        let digest = crate::server::auth::digest(secret.as_bytes());
         let record = KeyRecord {
-            id: crate::server::auth::id_of(secret.as_bytes()),
+            id: crate::server::auth::id_of_digest(&digest),
             name: new.name.trim().to_owned(),
             team: new.team.clone(),
             budget_daily_usd: new.budget_daily_usd,
@@ -152,58 +147,38 @@ impl KeyStore {
     /// What each key and each team spent today and this month (UTC), from the
     /// ledger: `(key ids, teams)`. Shadow traffic is the operator's, not theirs.
     pub async fn spend(&self, now: Now) -> Result<(Vec<(String, Spent)>, Vec<(String, Spent)>), sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT key_id, team, \
-             CAST(SUM(CASE WHEN ts_ms >= $1 THEN cost_pico ELSE 0 END) AS BIGINT) AS day, \
-             CAST(SUM(cost_pico) AS BIGINT) AS month \
-             FROM tollgate_usage WHERE ts_ms >= $2 AND shadow = 0 AND cost_pico > 0 GROUP BY key_id, team",
-        )
-        .bind(now.day_start_ms())
-        .bind(now.month_start_ms())
-        .fetch_all(&self.pool)
-        .await?;
-        let mut keys: Vec<(String, Spent)> = Vec::new();
-        let mut teams: Vec<(String, Spent)> = Vec::new();
-        for row in rows {
-            let spent = Spent {
-                day: row.try_get::<i64, _>("day")?.max(0) as Pico,
-                month: row.try_get::<i64, _>("month")?.max(0) as Pico,
-            };
-            for (who, list) in [
-                (row.try_get::<Option<String>, _>("key_id")?, &mut keys),
-                (row.try_get::<Option<String>, _>("team")?, &mut teams),
-            ] {
-                let Some(who) = who else { continue };
-                match list.iter_mut().find(|(w, _)| *w == who) {
-                    Some((_, s)) => {
-                        s.day += spent.day;
-                        s.month += spent.month;
-                    }
-                    None => list.push((who, spent)),
-                }
-            }
-        }
-        Ok((keys, teams))
+        Ok((
+            self.spent_by(now, "key_id", false).await?,
+            self.spent_by(now, "team", false).await?,
+        ))
     }
-}
 
-impl KeyStore {
-    /// What each backend (`provider/model`) cost today and this month (UTC), from the ledger.
+    /// What each backend (`provider/model`) cost today and this month (UTC),
+    /// shadow traffic included: it was spent on that backend.
     pub async fn backend_spend(&self, now: Now) -> Result<Vec<(String, Spent)>, sqlx::Error> {
-        let rows = sqlx::query(
-            "SELECT backend, \
+        self.spent_by(now, "backend", true).await
+    }
+
+    /// Today's and this month's cost by one of the ledger's columns (a fixed
+    /// name from this module, never input); rows without a value are left out.
+    async fn spent_by(&self, now: Now, column: &str, shadow: bool) -> Result<Vec<(String, Spent)>, sqlx::Error> {
+        let sql = format!(
+            "SELECT {column} AS who, \
              CAST(SUM(CASE WHEN ts_ms >= $1 THEN cost_pico ELSE 0 END) AS BIGINT) AS day, \
              CAST(SUM(cost_pico) AS BIGINT) AS month \
-             FROM tollgate_usage WHERE ts_ms >= $2 AND cost_pico > 0 GROUP BY backend",
-        )
-        .bind(now.day_start_ms())
-        .bind(now.month_start_ms())
-        .fetch_all(&self.pool)
-        .await?;
+             FROM tollgate_usage WHERE ts_ms >= $2 AND cost_pico > 0 {} AND {column} IS NOT NULL \
+             GROUP BY {column}",
+            if shadow { "" } else { "AND shadow = 0" }
+        );
+        let rows = sqlx::query(&sql)
+            .bind(now.day_start_ms())
+            .bind(now.month_start_ms())
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|row| {
                 Ok((
-                    row.try_get("backend")?,
+                    row.try_get("who")?,
                     Spent {
                         day: row.try_get::<i64, _>("day")?.max(0) as Pico,
                         month: row.try_get::<i64, _>("month")?.max(0) as Pico,

@@ -1,7 +1,8 @@
 //! The Prometheus registry behind `/metrics`. Labels are bounded: endpoint,
 //! configured model and provider names, and status; never request ids or
-//! raw keys. Key ids and teams label only the `tollgate_key_*` series, and
-//! only when the operator turns them on (`metrics.key_labels`).
+//! raw keys. Key ids and teams label the `tollgate_key_*` series, only when
+//! the operator turns them on (`metrics.key_labels`), and the budget gauge,
+//! one series per budget the operator set.
 
 use std::time::Duration;
 
@@ -41,10 +42,8 @@ pub struct Series {
     ok: prometheus::IntCounter,
     duration: prometheus::Histogram,
     ttft: prometheus::Histogram,
-    prompt_tokens: prometheus::IntCounter,
-    completion_tokens: prometheus::IntCounter,
-    /// Cached input, cache writes and reasoning, counted when there are any.
-    detail_tokens: [prometheus::IntCounter; 3],
+    /// By type, in `TOKEN_TYPES` order.
+    tokens: [prometheus::IntCounter; 5],
     /// By phase, in `ReportedTime::phases` order.
     reported: [prometheus::Counter; 4],
     cost: ExactCounter,
@@ -120,9 +119,7 @@ impl Series {
     }
 
     pub fn usage(&self, usage: &Usage) {
-        self.prompt_tokens.inc_by(usage.prompt_tokens);
-        self.completion_tokens.inc_by(usage.completion_tokens);
-        for (counter, n) in self.detail_tokens.iter().zip(detail_counts(usage)) {
+        for (counter, n) in self.tokens.iter().zip(token_counts(usage)) {
             if n > 0 {
                 counter.inc_by(n);
             }
@@ -135,13 +132,19 @@ impl Series {
     }
 }
 
-/// The `type` labels of token kinds beyond prompt and completion (which
-/// they are part of: cached and cache-written tokens are prompt tokens,
-/// reasoning tokens completion ones).
-const DETAIL_TYPES: [&str; 3] = ["cached", "cache_write", "reasoning"];
+/// The `type` label of each token kind. Cached and cache-written tokens are
+/// part of the prompt's, reasoning tokens part of the completion's.
+const TOKEN_TYPES: [&str; 5] = ["prompt", "completion", "cached", "cache_write", "reasoning"];
 
-fn detail_counts(u: &Usage) -> [u64; 3] {
-    [u.cached_tokens, u.cache_write_tokens, u.reasoning_tokens]
+/// A usage's tokens, in `TOKEN_TYPES` order.
+fn token_counts(u: &Usage) -> [u64; 5] {
+    [
+        u.prompt_tokens,
+        u.completion_tokens,
+        u.cached_tokens,
+        u.cache_write_tokens,
+        u.reasoning_tokens,
+    ]
 }
 
 /// Who served a request, as metric labels.
@@ -503,7 +506,7 @@ impl Metrics {
             used: GaugeVec::new(
                 Opts::new(
                     "tollgate_budget_used_ratio",
-                    "Share of each budget spent (1 = all of it), by scope (key: name is the key id; team), name and period",
+                    "Share of each budget spent (1 = all of it), by scope (key, team, backend), name (key id, team, provider/model) and period",
                 ),
                 &["scope", "name", "period"],
             )
@@ -644,8 +647,7 @@ impl Metrics {
             .with_label_values(&[o.key, o.team, &status_label(o.status)])
             .inc();
         if let Some(u) = o.usage {
-            let kinds = [("prompt", u.prompt_tokens), ("completion", u.completion_tokens)];
-            for (kind, n) in kinds.into_iter().chain(DETAIL_TYPES.into_iter().zip(detail_counts(u))) {
+            for (kind, n) in TOKEN_TYPES.into_iter().zip(token_counts(u)) {
                 if n > 0 {
                     k.tokens.with_label_values(&[o.key, o.team, kind]).inc_by(n);
                 }
@@ -758,9 +760,7 @@ impl Metrics {
             ok: self.requests.with_label_values(&[endpoint, model, provider, "200"]),
             duration: self.duration.with_label_values(&[endpoint, model, provider]),
             ttft: self.ttft.with_label_values(&[endpoint, model, provider]),
-            prompt_tokens: self.tokens.with_label_values(&[model, provider, "prompt"]),
-            completion_tokens: self.tokens.with_label_values(&[model, provider, "completion"]),
-            detail_tokens: DETAIL_TYPES.map(|t| self.tokens.with_label_values(&[model, provider, t])),
+            tokens: TOKEN_TYPES.map(|t| self.tokens.with_label_values(&[model, provider, t])),
             reported: ReportedTime::default()
                 .phases()
                 .map(|(phase, _)| self.reported.with_label_values(&[model, provider, phase])),
@@ -785,17 +785,7 @@ impl Metrics {
     }
 
     pub fn usage(&self, labels: Labels<'_>, usage: &Usage) {
-        if usage.prompt_tokens > 0 {
-            self.tokens
-                .with_label_values(&[labels.model, labels.provider, "prompt"])
-                .inc_by(usage.prompt_tokens);
-        }
-        if usage.completion_tokens > 0 {
-            self.tokens
-                .with_label_values(&[labels.model, labels.provider, "completion"])
-                .inc_by(usage.completion_tokens);
-        }
-        for (kind, n) in DETAIL_TYPES.into_iter().zip(detail_counts(usage)) {
+        for (kind, n) in TOKEN_TYPES.into_iter().zip(token_counts(usage)) {
             if n > 0 {
                 self.tokens
                     .with_label_values(&[labels.model, labels.provider, kind])

@@ -295,7 +295,7 @@ impl Provider for SimulatedProvider {
                         embed(serde_json::to_string(tokens).unwrap_or_default().as_bytes(), dims)
                     }
                 };
-                embeddings::entry(index, json!(vector), req.encoding_format)
+                embeddings::entry_f32(index, &vector, req.encoding_format)
             })
             .collect();
         let usage = Usage::new(prompt_tokens, 0);

@@ -54,6 +54,15 @@ impl Circuit {
             Circuit::HalfOpen => "half_open",
         }
     }
+
+    /// `tollgate_circuit_state`: 0 closed, 1 half-open, 2 open.
+    pub fn gauge(self) -> i64 {
+        match self {
+            Circuit::Closed => 0,
+            Circuit::HalfOpen => 1,
+            Circuit::Open { .. } => 2,
+        }
+    }
 }
 
 /// Recent latencies kept for the p95.
@@ -137,6 +146,13 @@ impl Default for Health {
     }
 }
 
+/// Opens the circuit until `until`; the error-rate window starts afresh.
+fn open(s: &mut State, until: Instant) {
+    s.circuit = Circuit::Open { until };
+    s.outcomes = 0;
+    s.seen = 0;
+}
+
 impl Health {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic elsewhere cannot leave these numbers inconsistent enough to matter.
@@ -163,9 +179,11 @@ impl Health {
         Ok(())
     }
 
+    /// The circuit as the outside sees it at `now`: an open circuit whose
+    /// cooldown is over lets the next request probe, so it reads half-open.
     pub fn circuit(&self, now: Instant) -> Circuit {
         match self.lock().circuit {
-            Circuit::Open { until } if until <= now => Circuit::Open { until },
+            Circuit::Open { until } if until <= now => Circuit::HalfOpen,
             c => c,
         }
     }
@@ -205,11 +223,7 @@ impl Health {
         let seen = s.seen.min(window);
         let rate_tripped = seen * 2 >= window && f64::from(failures) >= settings.error_rate * f64::from(seen);
         if s.circuit == Circuit::HalfOpen || s.consecutive_failures >= settings.failures || rate_tripped {
-            s.circuit = Circuit::Open {
-                until: now + settings.cooldown,
-            };
-            s.outcomes = 0;
-            s.seen = 0;
+            open(&mut s, now + settings.cooldown);
         }
     }
 
@@ -225,13 +239,11 @@ impl Health {
             }
             return;
         }
-        let until = now + settings.cooldown;
-        s.circuit = match s.circuit {
-            Circuit::Open { until: later } if later > until => Circuit::Open { until: later },
-            _ => Circuit::Open { until },
+        let until = match s.circuit {
+            Circuit::Open { until: later } => later.max(now + settings.cooldown),
+            _ => now + settings.cooldown,
         };
-        s.outcomes = 0;
-        s.seen = 0;
+        open(&mut s, until);
     }
 
     /// The request ended without saying anything about the backend (the client left).

@@ -17,8 +17,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::time::Instant;
 
-/// Tokens reserved for an answer whose request sets no `max_tokens`.
-const DEFAULT_OUTPUT_TOKENS: u64 = 256;
+use super::DEFAULT_OUTPUT_TOKENS;
 
 pub struct Limits {
     rpm: Option<(u32, DefaultDirectRateLimiter)>,

@@ -36,8 +36,9 @@ use health::{BreakerSettings, Health};
 use limits::Limits;
 use route::{LazyDomain, Objective, Retry, Route};
 
-/// Output tokens assumed for a request's expected cost when it sets no `max_tokens`.
-const DEFAULT_OUTPUT_TOKENS: u64 = 256;
+/// Output tokens assumed for a request that sets no `max_tokens`: its
+/// expected cost, and its reservation of a tokens-per-minute limit.
+pub(crate) const DEFAULT_OUTPUT_TOKENS: u64 = 256;
 /// Busy time assumed for a self-hosted model not measured yet.
 const DEFAULT_BUSY_SECS: f64 = 2.0;
 /// The route name of requests no configured route matched.
@@ -50,7 +51,9 @@ pub struct Backend {
     pub upstream_model: Arc<str>,
     pub provider_name: Arc<str>,
     pub provider: Arc<dyn Provider>,
-    /// `x-tollgate-backend`: `provider/model`, built once.
+    /// `provider/model`: the ledger's `backend` column and the budget metric's name.
+    pub label: Arc<str>,
+    /// `x-tollgate-backend`: the label, as a header value, built once.
     pub header: HeaderValue,
     /// Metric series per endpoint, indexed by `Endpoint as usize`.
     pub series: [Arc<Series>; 3],
@@ -78,15 +81,10 @@ pub struct BackendBudget {
 }
 
 impl Backend {
-    /// `provider/model`, as the ledger's `backend` column and the budget metric name it.
-    pub fn label(&self) -> String {
-        format!("{}/{}", self.provider_name, self.model)
-    }
-
-    /// The budget period already spent, if any.
-    pub fn budget_spent(&self, now: crate::keys::budget::Now) -> Option<(crate::keys::Period, Pico)> {
+    /// The budget period already spent, if any (the clock is read only for a backend with a budget).
+    pub fn budget_spent(&self) -> Option<(crate::keys::Period, Pico)> {
         let b = self.budget.as_ref()?;
-        b.limits.exhausted(b.spend.spent(now))
+        b.limits.exhausted(b.spend.spent(crate::keys::budget::Now::current()))
     }
 }
 
@@ -98,16 +96,26 @@ struct ProviderRef {
     system: &'static str,
 }
 
-fn backend(model: &str, upstream_model: &str, p: &ProviderRef, info: Option<ModelInfo>, metrics: &Metrics) -> Backend {
+/// A backend of `model` on provider `p`; `catalog` is its catalog entry's name
+/// (with the upstream model and the name, it chooses the tokenizer).
+fn backend(
+    model: &str,
+    upstream_model: &str,
+    catalog: &str,
+    p: &ProviderRef,
+    info: Option<ModelInfo>,
+    metrics: &Metrics,
+) -> Backend {
     let provider_name = &*p.name;
+    let label = format!("{provider_name}/{model}");
     Backend {
         model: model.into(),
         upstream_model: upstream_model.into(),
         provider_name: p.name.clone(),
         provider: p.adapter.clone(),
         system: p.system,
-        header: HeaderValue::from_str(&format!("{provider_name}/{model}"))
-            .unwrap_or(HeaderValue::from_static("unknown")),
+        header: HeaderValue::from_str(&label).unwrap_or(HeaderValue::from_static("unknown")),
+        label: label.into(),
         series: Endpoint::ALL.map(|endpoint| {
             let labels = Labels {
                 endpoint: endpoint.as_str(),
@@ -121,7 +129,8 @@ fn backend(model: &str, upstream_model: &str, p: &ProviderRef, info: Option<Mode
         health: Arc::new(Health::default()),
         missing_key: false,
         limits: None,
-        counter: crate::metering::estimate::Counter::for_model([upstream_model, model]),
+        // An Azure deployment's name says nothing; its catalog entry may.
+        counter: crate::metering::estimate::Counter::for_model([upstream_model, model, catalog]),
         budget: None,
     }
 }
@@ -162,8 +171,8 @@ pub struct Decision {
     pub objective: Objective,
     /// Whether `Retry-After` cooldowns skip a backend: only with somewhere else to go.
     pub honour_cooldown: bool,
-    /// The backend this request is copied to, if the route mirrors and the draw says so.
-    pub mirror: Option<Arc<Backend>>,
+    /// The route's mirror: where to copy, and what share of requests (drawn by `Router::mirror_to`).
+    pub mirror: Option<(Arc<Backend>, f64)>,
 }
 
 impl Decision {
@@ -262,26 +271,24 @@ impl Router {
             };
             let index = backends.len();
             let info = catalog.get(&m.catalog).or_else(|| catalog.get(&m.name)).cloned();
-            let mut b = backend(&m.name, &m.upstream_model, provider, info, metrics);
+            let mut b = backend(&m.name, &m.upstream_model, &m.catalog, provider, info, metrics);
             b.missing_key = without_keys.contains(&m.provider.as_str());
-            b.limits = Limits::new(m.rpm, m.tpm).map(Arc::new);
-            // An Azure deployment's name says nothing; its catalog entry may.
-            b.counter = crate::metering::estimate::Counter::for_model([&*m.upstream_model, &m.name, &m.catalog]);
+            // A backend that remains keeps its health, its limiters' state and its spend.
+            let kept = previous.and_then(|p| p.same_backend(&b));
+            if let Some(k) = kept {
+                b.health = k.health.clone();
+            }
+            b.limits = match kept.and_then(|k| k.limits.as_ref()).filter(|l| l.same(m.rpm, m.tpm)) {
+                Some(l) => Some(l.clone()),
+                None => Limits::new(m.rpm, m.tpm).map(Arc::new),
+            };
             if m.budget.is_set() {
-                let spend = previous
-                    .and_then(|p| p.same_backend(&b))
-                    .and_then(|k| k.budget.as_ref())
-                    .map_or_else(Arc::default, |k| k.spend.clone());
                 b.budget = Some(BackendBudget {
                     limits: m.budget,
-                    spend,
+                    spend: kept
+                        .and_then(|k| k.budget.as_ref())
+                        .map_or_else(Arc::default, |k| k.spend.clone()),
                 });
-            }
-            if let Some(kept) = previous.and_then(|p| p.same_backend(&b)) {
-                b.health = kept.health.clone();
-                if let Some(l) = kept.limits.as_ref().filter(|l| l.same(m.rpm, m.tpm)) {
-                    b.limits = Some(l.clone());
-                }
             }
             backends.push(Arc::new(b));
             for name in std::iter::once(&m.name).chain(&m.aliases) {
@@ -401,14 +408,7 @@ impl Router {
         let mut candidates = Vec::with_capacity(targets.len());
         let mut dropped = Vec::new();
         for (position, b) in targets.into_iter().enumerate() {
-            let why = if routed {
-                unfit(&b, f, local_only, now, several)
-            } else {
-                // The model asked for by name is tried as it is, unless its
-                // circuit is open or its budget spent.
-                budget_spent(&b).or_else(|| b.health.check(now, false).err().map(|u| u.to_string()))
-            };
-            match why {
+            match unfit(&b, f, local_only, now, several, routed) {
                 Some(reason) => dropped.push(Dropped {
                     model: b.model.clone(),
                     reason,
@@ -416,10 +416,7 @@ impl Router {
                 None => candidates.push(candidate(b, position, f)),
             }
         }
-        let mirror = route.and_then(|r| r.mirror.as_ref()).and_then(|(to, percent)| {
-            let draw = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64() * 100.0;
-            (draw < *percent).then(|| to.clone())
-        });
+        let mirror = route.and_then(|r| r.mirror.clone());
         let needs_domain = strategy == StrategyName::BestScore;
         let d = if needs_domain { domain.get() } else { Domain::General };
         strategy::order(strategy, &mut candidates, weights, objective, d, &self.rng);
@@ -435,6 +432,15 @@ impl Router {
             honour_cooldown: several,
             mirror,
         })
+    }
+
+    /// Whether this request is copied to the route's mirror: drawn only for a
+    /// request about to be served, so an explanation or a refused request
+    /// takes nothing from the seeded sequence.
+    pub fn mirror_to(&self, decision: &Decision) -> Option<Arc<Backend>> {
+        let (to, percent) = decision.mirror.as_ref()?;
+        let draw = self.rng.lock().unwrap_or_else(|e| e.into_inner()).f64() * 100.0;
+        (draw < *percent).then(|| to.clone())
     }
 
     /// Every configured and discovered backend.
@@ -467,7 +473,7 @@ impl Router {
                             .find(|b| *b.model == *name && b.provider_name == d.provider.name);
                         next.push(known.cloned().unwrap_or_else(|| {
                             let info = self.catalog.get(&name).cloned();
-                            Arc::new(backend(&name, &name, &d.provider, info, &self.metrics))
+                            Arc::new(backend(&name, &name, &name, &d.provider, info, &self.metrics))
                         }));
                     }
                 }
@@ -496,8 +502,18 @@ const NO_RETRY: Retry = Retry {
 
 /// Why a backend cannot take this request, if it cannot. What the catalog
 /// does not know is not held against a model.
-fn unfit(b: &Backend, f: &Features<'_>, local_only: bool, now: Instant, cooldown: bool) -> Option<String> {
-    if let Some(info) = &b.info {
+/// Why a backend cannot take a request, if it cannot. A model asked for by
+/// name (`routed` false) is tried as it is, unless its budget is spent or its
+/// circuit open: the route's filters are for choosing among targets.
+fn unfit(
+    b: &Backend,
+    f: &Features<'_>,
+    local_only: bool,
+    now: Instant,
+    cooldown: bool,
+    routed: bool,
+) -> Option<String> {
+    if let Some(info) = b.info.as_ref().filter(|_| routed) {
         let needed = f.input_tokens + f.max_tokens.unwrap_or(0);
         if let Some(window) = info.context_window.filter(|w| needed > *w) {
             return Some(format!(
@@ -515,13 +531,13 @@ fn unfit(b: &Backend, f: &Features<'_>, local_only: bool, now: Instant, cooldown
             }
         }
     }
-    if b.missing_key {
+    if routed && b.missing_key {
         return Some(format!(
             "provider `{}` has no API key in the environment",
             b.provider_name
         ));
     }
-    if local_only && b.info.as_ref().is_none_or(|i| i.hosting != Hosting::SelfHosted) {
+    if routed && local_only && b.info.as_ref().is_none_or(|i| i.hosting != Hosting::SelfHosted) {
         return Some("not self-hosted, and the route keeps data local".into());
     }
     if let Some(spent) = budget_spent(b) {
@@ -532,13 +548,10 @@ fn unfit(b: &Backend, f: &Features<'_>, local_only: bool, now: Instant, cooldown
 
 /// Why a backend's own budget stops it, if it does.
 fn budget_spent(b: &Backend) -> Option<String> {
-    let (period, limit) = b.budget_spent(crate::keys::budget::Now::current())?;
+    let (period, limit) = b.budget_spent()?;
     Some(format!(
         "its {} budget of ${} is spent",
-        match period {
-            crate::keys::Period::Day => "daily",
-            crate::keys::Period::Month => "monthly",
-        },
+        period.adjective(),
         crate::metering::cost::usd_text(limit)
     ))
 }

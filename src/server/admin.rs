@@ -32,13 +32,8 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
     // Circuit states are read when scraped: they change by the passing of time too.
     let now = tokio::time::Instant::now();
     for b in gw.router.load().backends() {
-        let state = match b.health.circuit(now) {
-            crate::routing::health::Circuit::Closed => 0,
-            crate::routing::health::Circuit::HalfOpen => 1,
-            crate::routing::health::Circuit::Open { until } if until <= now => 1,
-            crate::routing::health::Circuit::Open { .. } => 2,
-        };
-        gw.metrics.circuit_state(&b.model, &b.provider_name, state);
+        gw.metrics
+            .circuit_state(&b.model, &b.provider_name, b.health.circuit(now).gauge());
     }
     // Budgets' use too: spend changes with requests, the period with the clock.
     let mut budgets = Vec::new();
@@ -50,7 +45,7 @@ pub async fn metrics(State(gw): State<Arc<Gateway>>) -> Response {
         if let Some(budget) = &b.budget {
             for (period, limit, spent) in budget.limits.against(budget.spend.spent(today)) {
                 let ratio = crate::keys::budget::used_ratio(spent, limit);
-                budgets.push(("backend", b.label(), period.as_str(), ratio));
+                budgets.push(("backend", b.label.to_string(), period.as_str(), ratio));
             }
         }
     }
@@ -128,10 +123,18 @@ pub async fn method_not_allowed(State(gw): State<Arc<Gateway>>, req: Request) ->
     )
 }
 
+/// The value of `name` in the URI's query, if there.
+pub(super) fn query_param<'u>(uri: &'u http::Uri, name: &str) -> Option<&'u str> {
+    uri.query()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+}
+
 /// `GET /admin/usage?since=24h&by=backend` (admin key): the ledger's report as JSON.
 pub async fn usage(State(gw): State<Arc<Gateway>>, uri: http::Uri) -> Response {
     use crate::metering::report;
-    let Some(url) = gw.ledger_url.as_deref() else {
+    // The gateway keeps a pool to the ledger's database whenever a ledger is configured.
+    let Some(store) = &gw.store else {
         return respond::error(
             &ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -141,13 +144,7 @@ pub async fn usage(State(gw): State<Arc<Gateway>>, uri: http::Uri) -> Response {
             .with_code("no_ledger"),
         );
     };
-    let param = |name: &str| {
-        uri.query()
-            .into_iter()
-            .flat_map(|q| q.split('&'))
-            .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
-            .map(str::to_owned)
-    };
+    let param = |name: &str| query_param(&uri, name).map(str::to_owned);
     let since = param("since").unwrap_or_else(|| "24h".into());
     let window = match crate::config::parse_window(&since) {
         Ok(w) => w,
@@ -159,20 +156,7 @@ pub async fn usage(State(gw): State<Arc<Gateway>>, uri: http::Uri) -> Response {
             &ApiError::bad_request(format!("`{by_text}` is not backend, model, route, key or team")).with_param("by"),
         );
     };
-    let result = match &gw.store {
-        // The gateway's own pool to the ledger's database.
-        Some(store) => report::groups(store.pool(), report::since_ms(window), by).await,
-        None => {
-            async {
-                let pool = crate::metering::ledger::connect(url, 1).await?;
-                let groups = report::groups(&pool, report::since_ms(window), by).await;
-                pool.close().await;
-                groups
-            }
-            .await
-        }
-    };
-    match result {
+    match report::groups(store.pool(), report::since_ms(window), by).await {
         Ok(groups) => {
             let body = serde_json::json!({"since": since, "by": by_text, "groups": groups});
             respond::json(StatusCode::OK, serde_json::to_vec(&body).unwrap_or_default())

@@ -96,23 +96,15 @@ impl Keys {
     }
 }
 
-/// Names the presented key without revealing it: the first 12 hex digits of
-/// its SHA-256 (`k-3f1b2c3d4e5f`), for the ledger. None without a key.
-pub fn key_id(headers: &HeaderMap) -> Option<String> {
-    Some(id_of(presented_key(headers)?))
-}
-
-/// The id of a key: `k-` and the first 12 hex digits of its SHA-256.
+/// The id of a key, naming it without revealing it: `k-` and the first 12
+/// hex digits of its SHA-256 (`k-3f1b2c3d4e5f`).
 pub fn id_of(key: &[u8]) -> String {
     id_of_digest(&digest(key))
 }
 
-fn id_of_digest(d: &[u8; 32]) -> String {
-    let mut id = String::with_capacity(14);
-    id.push_str("k-");
-    for b in &d[..6] {
-        id.push_str(&format!("{b:02x}"));
-    }
+pub(crate) fn id_of_digest(d: &[u8; 32]) -> String {
+    let mut id = String::from("k-");
+    id.push_str(&crate::keys::hex(&d[..6]));
     id
 }
 

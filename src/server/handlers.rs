@@ -156,15 +156,17 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
             features.key_id = Some(c.id());
             features.team = c.team();
         }
-        let decision = gw.router.load().decide(&features, &parts.headers, Instant::now())?;
+        let router = gw.router.load();
+        let decision = router.decide(&features, &parts.headers, Instant::now())?;
         if let Some(err) = decision.nothing_left() {
             return Err(err);
         }
+        let mirror_to = router.mirror_to(&decision);
         // What the rate limits and a cut stream's estimate need, read once.
         let estimate = (features.input_tokens, features.max_tokens);
-        Ok::<_, ApiError>((parsed, decision, bytes.len(), estimate))
+        Ok::<_, ApiError>((parsed, decision, mirror_to, bytes.len(), estimate))
     };
-    let (parsed, decision, body_size, (prompt_tokens, max_tokens)) = match prepared.await {
+    let (parsed, decision, mirror_to, body_size, (prompt_tokens, max_tokens)) = match prepared.await {
         Ok(ready) => ready,
         Err(err) => {
             meter.finish(err.status.as_u16());
@@ -188,7 +190,7 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
     let requested = parsed.model().to_owned();
     let attempts = decision.attempts();
     let retry = decision.retry;
-    if let Some(to) = &decision.mirror {
+    if let Some(to) = mirror_to {
         match gw.shadows.clone().try_acquire_owned() {
             Ok(permit) => {
                 meter.mirrored(decision.route.clone());
@@ -198,7 +200,7 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                     gw.clone(),
                     super::mirror::Shadow {
                         route: decision.route.clone(),
-                        backend: to.clone(),
+                        backend: to,
                         request: parsed.clone(),
                         request_id,
                         body_size,
@@ -226,8 +228,9 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 }
                 tokio::time::sleep(wait).await;
             }
-            // Health first (it costs nothing to ask), then the limits, then the claim.
-            if let Err(why) = backend.health.check(Instant::now(), decision.honour_cooldown) {
+            // The claim first: a backend that cannot take the request costs
+            // no rate-limit cell; one refused by its limits gives the claim back.
+            if let Err(why) = backend.health.admit(Instant::now(), decision.honour_cooldown) {
                 skipped.push(format!("{}: {why}", backend.model));
                 continue 'backends;
             }
@@ -235,6 +238,7 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                 None => None,
                 Some(Ok(reservation)) => reservation,
                 Some(Err(refused)) => {
+                    backend.health.release();
                     gw.metrics
                         .rate_limited("backend", &backend.model, &backend.provider_name, refused.limit);
                     skipped.push(format!("{}: {refused}", backend.model));
@@ -242,13 +246,6 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                     continue 'backends;
                 }
             };
-            if let Err(why) = backend.health.admit(Instant::now(), decision.honour_cooldown) {
-                if let Some(r) = reservation {
-                    r.settle(0);
-                }
-                skipped.push(format!("{}: {why}", backend.model));
-                continue 'backends;
-            }
             tries += 1;
             if tries > 1 {
                 let kind = if again > 0 { "same_backend" } else { "fallback" };
@@ -446,10 +443,7 @@ pub(super) fn budget_error(scope: &str, period: Period, limit: crate::metering::
         crate::api::ErrorKind::RateLimit,
         format!(
             "This {scope}'s {} budget of ${} is spent; it renews at the start of the next UTC {}.",
-            match period {
-                Period::Day => "daily",
-                Period::Month => "monthly",
-            },
+            period.adjective(),
             crate::metering::cost::usd_text(limit),
             period.as_str()
         ),

@@ -36,7 +36,7 @@ async fn sync_spend(gw: &Gateway, store: &KeyStore) -> Result<(), sqlx::Error> {
     }
     let now = crate::keys::budget::Now::current();
     for (label, spent) in store.backend_spend(now).await? {
-        if let Some(b) = budgeted.iter().find(|b| b.label() == label)
+        if let Some(b) = budgeted.iter().find(|b| *b.label == *label)
             && let Some(budget) = &b.budget
         {
             budget.spend.at_least(now, spent);
@@ -120,7 +120,7 @@ pub async fn create(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
 
 /// `GET /admin/keys[?all=true]`: the keys, without secrets.
 pub async fn list(State(gw): State<Arc<Gateway>>, uri: http::Uri) -> Response {
-    let all = uri.query().is_some_and(|q| q.split('&').any(|kv| kv == "all=true"));
+    let all = super::admin::query_param(&uri, "all") == Some("true");
     let result = async {
         let keys = store(&gw)?.list(all).await.map_err(|e| unavailable(&e))?;
         Ok::<_, ApiError>(serde_json::json!({"object": "list", "data": keys}))

@@ -168,6 +168,7 @@ impl RequestMeter {
         self.backend_spend = backend.budget.as_ref().map(|b| b.spend.clone());
         if self.ledger.is_some() {
             self.row.served_model = backend.upstream_model.to_string();
+            backend.label.as_ref().clone_into(&mut self.row.backend);
         }
     }
 
@@ -202,14 +203,15 @@ impl RequestMeter {
     /// JSON). Says whether the stream has now crossed its caller's budget,
     /// when that is watched (by the approximate count: it runs per chunk).
     pub fn streamed(&mut self, data: &[u8]) -> Option<Crossed> {
-        let exact = self.counter.is_exact();
+        let keep_text = self.counter.is_exact();
         estimate::generated_text(data, |c| {
             self.streamed_chars += 1;
-            if !exact {
-            } else if self.streamed_text.len() < MAX_KEPT_TEXT {
-                self.streamed_text.push(c);
-            } else {
-                self.overflow_chars += 1;
+            if keep_text {
+                if self.streamed_text.len() < MAX_KEPT_TEXT {
+                    self.streamed_text.push(c);
+                } else {
+                    self.overflow_chars += 1;
+                }
             }
         });
         if !self.watch_budget || self.usage.is_some() {
@@ -287,9 +289,10 @@ impl RequestMeter {
         self.finish(429);
     }
 
-    /// Settles token reservations, spends the cost from the caller's budgets
-    /// and counts the key's series.
-    fn account_caller(&mut self, status: u16) {
+    /// Settles token reservations with the usage, spends the cost from every
+    /// budget it counts against (the serving backend's, the key's, its
+    /// team's) and counts the key's series.
+    fn account(&mut self, status: u16) {
         let used = self.usage.as_ref().map_or(0, |u| u.prompt_tokens + u.completion_tokens);
         for r in self.reserved.drain(..) {
             r.settle(used);
@@ -297,14 +300,20 @@ impl RequestMeter {
         if let Some(r) = self.backend_reserved.take() {
             r.settle(used);
         }
-        let Some(caller) = &self.caller else { return };
-        if let (Some(key), Some(pico)) = (caller.managed(), self.cost) {
+        let key = self.caller.as_ref().and_then(Caller::managed);
+        if let Some(pico) = self.cost.filter(|_| self.backend_spend.is_some() || key.is_some()) {
             let now = Now::current();
-            key.spend.add(now, pico);
-            if let Some(team) = &key.team {
-                team.spend.add(now, pico);
+            let budgets = self
+                .backend_spend
+                .iter()
+                .map(|s| &**s)
+                .chain(key.map(|k| &*k.spend))
+                .chain(key.and_then(|k| k.team.as_ref()).map(|t| &*t.spend));
+            for spend in budgets {
+                spend.add(now, pico);
             }
         }
+        let Some(caller) = &self.caller else { return };
         if self.metrics.key_labels() && caller.is_known() {
             self.metrics.key_request(KeyOutcome {
                 key: caller.id(),
@@ -322,11 +331,6 @@ impl RequestMeter {
     fn ledger_row(&mut self, status: u16, elapsed: std::time::Duration) -> Row {
         let mut row = std::mem::take(&mut self.row);
         let labels = self.labels();
-        row.backend = if labels.provider.is_empty() {
-            String::new()
-        } else {
-            format!("{}/{}", labels.provider, labels.model)
-        };
         row.provider = labels.provider.to_owned();
         if let Some(c) = &self.caller {
             row.key_id = Some(c.id().to_owned());
@@ -351,12 +355,7 @@ impl Drop for RequestMeter {
         }
         self.metrics
             .overhead(self.endpoint, elapsed.saturating_sub(self.upstream_wait));
-        if let (Some(spend), Some(pico)) = (&self.backend_spend, self.cost) {
-            spend.add(Now::current(), pico);
-        }
-        if self.caller.is_some() || !self.reserved.is_empty() || self.backend_reserved.is_some() {
-            self.account_caller(status);
-        }
+        self.account(status);
         if let Some(ledger) = self.ledger.take() {
             ledger.record(self.ledger_row(status, elapsed));
         }

@@ -89,7 +89,7 @@ pub fn spawn<R: ProxyRequest>(gw: Arc<Gateway>, shadow: Shadow<R>) {
             let mut row = Row {
                 id: request_id.to_str().unwrap_or("-").to_owned(),
                 route: route.to_string(),
-                backend: format!("{}/{}", backend.provider_name, backend.model),
+                backend: backend.label.to_string(),
                 provider: backend.provider_name.to_string(),
                 requested_model: requested.clone(),
                 served_model: backend.upstream_model.to_string(),

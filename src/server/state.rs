@@ -29,8 +29,6 @@ pub struct Gateway {
     pub shadows: Arc<Semaphore>,
     /// The usage ledger, when configured (opened by the caller: it connects).
     pub ledger: Option<Ledger>,
-    /// Where the ledger is, for the admin API's reports.
-    pub ledger_url: Option<String>,
     /// Managed keys and configured teams, in memory.
     pub registry: Arc<KeyRegistry>,
     /// The ledger's database, for managed keys and reports (opened by the caller: it connects).
@@ -56,7 +54,6 @@ impl Gateway {
             )),
             shadows: Arc::new(Semaphore::new(super::mirror::MAX_SHADOWS)),
             ledger: None,
-            ledger_url: config.ledger.as_ref().map(|l| l.url.clone()),
             registry,
             store: None,
             cut_streams: AtomicBool::new(config.cut_streams_over_budget),

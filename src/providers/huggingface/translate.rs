@@ -593,7 +593,7 @@ pub fn to_embeddings(
     let data: Vec<Value> = vectors
         .iter()
         .enumerate()
-        .map(|(index, v)| embeddings::entry(index, json!(v), req.encoding_format))
+        .map(|(index, v)| embeddings::entry_f32(index, v, req.encoding_format))
         .collect();
     let usage = match compute_tokens {
         Some(t) => Usage::new(t, 0),
