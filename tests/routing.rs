@@ -882,3 +882,23 @@ async fn active_health_checks_open_a_failing_backends_circuit_and_close_it_when_
         "the check is a GET of the model list"
     );
 }
+
+#[tokio::test]
+async fn expected_cost_counts_a_per_request_fee_as_metering_does() {
+    let mut catalog = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        catalog,
+        "models:\n  fee-model:\n    sources: [test]\n    price: {{input: 0.0, output: 0.0, per_request: 0.01}}\n"
+    )
+    .unwrap();
+    let yaml = format!(
+        "auth:\n  admin_keys: [\"${{ADMIN_KEY}}\"]\nproviders:\n  sim: {{ kind: simulated }}\nmodels:\n  - {{ name: fee, provider: sim, catalog: fee-model }}\nrouting:\n  catalog: {}\nroutes:\n  - {{ name: r, match: {{ model: fee }}, targets: [fee], strategy: lowest-cost }}\n",
+        catalog.path().display()
+    );
+    let gw = TestGateway::start(&yaml, &ENV).await;
+    let e = explain(&gw, &chat("fee", "hi"), &[]).await;
+    assert_eq!(e["candidates"][0]["expected_cost_usd"], json!(0.01), "{e}");
+    // And what the answer is charged: the same fee.
+    let resp = gw.post("/v1/chat/completions", &chat("fee", "hi")).await;
+    assert_eq!(header(&resp, "x-tollgate-cost-usd"), "0.01");
+}

@@ -559,7 +559,7 @@ fn budget_spent(b: &Backend) -> Option<String> {
 fn candidate(backend: Arc<Backend>, position: usize, f: &Features<'_>) -> Candidate {
     let latency = backend.health.latency_ms();
     Candidate {
-        expected_cost: expected_cost(backend.info.as_ref(), f, latency),
+        expected_cost: expected_cost(&backend, f, latency),
         expected_latency_ms: latency,
         p95_ms: None,
         in_flight: backend.health.in_flight(),
@@ -573,15 +573,19 @@ fn candidate(backend: Arc<Backend>, position: usize, f: &Features<'_>) -> Candid
 /// The request's expected cost in USD: its estimated prompt and its
 /// `max_tokens` (or a typical answer) at the catalog's prices; a self-hosted
 /// model's hourly cost spread over the request's expected busy time.
-fn expected_cost(info: Option<&ModelInfo>, f: &Features<'_>, latency_ms: Option<f64>) -> Option<f64> {
-    let info = info?;
-    if let Some(p) = info.price {
-        let output = f.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS) as f64;
-        return Some((f.input_tokens as f64 * p.input + output * p.output) / 1e6);
-    }
-    if let Some(hourly) = info.hourly_cost {
-        let busy = latency_ms.map_or(DEFAULT_BUSY_SECS, |ms| ms / 1000.0);
-        return Some(hourly / 3600.0 * busy);
-    }
-    (info.hosting == Hosting::SelfHosted).then_some(0.0)
+/// What the request would cost on `b`, by the same prices metering charges
+/// (per-request fees and a self-hosted model's busy time included): its
+/// estimated prompt and `max_tokens` (else 256), busy for its measured latency.
+fn expected_cost(b: &Backend, f: &Features<'_>, latency_ms: Option<f64>) -> Option<f64> {
+    let Some(pricing) = b.pricing else {
+        // Self-hosted without an hourly cost: free as far as the catalog says.
+        return b
+            .info
+            .as_ref()
+            .filter(|i| i.hosting == Hosting::SelfHosted)
+            .map(|_| 0.0);
+    };
+    let usage = crate::api::Usage::new(f.input_tokens, f.max_tokens.unwrap_or(DEFAULT_OUTPUT_TOKENS));
+    let busy = std::time::Duration::from_secs_f64(latency_ms.map_or(DEFAULT_BUSY_SECS, |ms| ms / 1000.0));
+    Some(crate::metering::cost::usd(pricing.cost(&usage, busy)))
 }
