@@ -225,6 +225,17 @@ async fn discovered_models_are_listed_and_routed_by_their_ollama_names() {
     );
     let r = reqwest::get(gw.url("/v1/models/mock-llama:latest")).await.unwrap();
     assert_eq!(r.status(), 200);
+    // A reload keeps serving what was discovered, before discovery runs again.
+    let cfg = tollgate::config::parse(&yaml, &|_| None).unwrap();
+    gw.gateway.reload(&cfg);
+    assert_eq!(model_list(&gw).await, listed);
+    let resp = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "mock-llama:latest", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]

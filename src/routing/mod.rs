@@ -301,7 +301,7 @@ impl Router {
             .iter()
             .map(|r| Route::compile(r, |name| by_name.get(name).map(|&i| backends[i].clone())))
             .collect();
-        let discoverers = config
+        let discoverers: Vec<Discoverer> = config
             .providers
             .iter()
             .filter(|p| p.kind.discovers_models())
@@ -309,6 +309,21 @@ impl Router {
                 Some(Discoverer {
                     provider: providers.get(p.name.as_str())?.clone(),
                 })
+            })
+            .collect();
+        // Models discovered before a reload stay served (on the new provider,
+        // with their health) until the next discovery says otherwise.
+        let discovered: Vec<Arc<Backend>> = previous
+            .map(|p| p.discovered.load_full())
+            .into_iter()
+            .flat_map(|old| old.iter().cloned().collect::<Vec<_>>())
+            .filter(|old| !by_name.contains_key(&*old.model))
+            .filter_map(|old| {
+                let d = discoverers.iter().find(|d| d.provider.name == old.provider_name)?;
+                let info = catalog.get(&old.model).cloned();
+                let mut b = backend(&old.model, &old.upstream_model, &old.model, &d.provider, info, metrics);
+                b.health = old.health.clone();
+                Some(Arc::new(b))
             })
             .collect();
         let b = &config.routing.breaker;
@@ -332,7 +347,7 @@ impl Router {
                     .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
             ),
             discoverers,
-            discovered: ArcSwap::from_pointee(Vec::new()),
+            discovered: ArcSwap::from_pointee(discovered),
             metrics: metrics.clone(),
         }
     }
@@ -500,9 +515,8 @@ const NO_RETRY: Retry = Retry {
     backoff: std::time::Duration::from_millis(100),
 };
 
-/// Why a backend cannot take this request, if it cannot. What the catalog
-/// does not know is not held against a model.
-/// Why a backend cannot take a request, if it cannot. A model asked for by
+/// Why a backend cannot take a request, if it cannot; what the catalog does
+/// not know is not held against a model. A model asked for by
 /// name (`routed` false) is tried as it is, unless its budget is spent or its
 /// circuit open: the route's filters are for choosing among targets.
 fn unfit(
