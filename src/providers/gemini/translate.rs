@@ -225,23 +225,22 @@ fn count(v: &Value, key: &str) -> u64 {
 }
 
 /// `usageMetadata` → usage. Thinking tokens are output the model generated.
-fn usage(meta: &Value) -> (Usage, u64) {
+fn usage(meta: &Value) -> Usage {
     let prompt = count(meta, "promptTokenCount").saturating_add(count(meta, "toolUsePromptTokenCount"));
-    let completion = count(meta, "candidatesTokenCount").saturating_add(count(meta, "thoughtsTokenCount"));
-    let cached = count(meta, "cachedContentTokenCount");
-    let usage = Usage {
-        cached_tokens: cached,
-        reasoning_tokens: count(meta, "thoughtsTokenCount"),
+    let thoughts = count(meta, "thoughtsTokenCount");
+    let completion = count(meta, "candidatesTokenCount").saturating_add(thoughts);
+    Usage {
+        cached_tokens: count(meta, "cachedContentTokenCount"),
+        reasoning_tokens: thoughts,
         ..Usage::new(prompt, completion)
-    };
-    (usage, cached)
+    }
 }
 
 fn usage_json(meta: &Value) -> Value {
-    let (u, cached) = usage(meta);
+    let u = usage(meta);
     json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens, "total_tokens": u.total_tokens,
-           "prompt_tokens_details": {"cached_tokens": cached},
-           "completion_tokens_details": {"reasoning_tokens": count(meta, "thoughtsTokenCount")}})
+           "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+           "completion_tokens_details": {"reasoning_tokens": u.reasoning_tokens}})
 }
 
 pub fn finish_reason(reason: Option<&str>, had_tool_calls: bool) -> &'static str {
@@ -327,7 +326,7 @@ pub fn to_chat_completion(raw: &[u8]) -> Result<(Bytes, Usage), serde_json::Erro
         "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": reason}],
         "usage": usage_json(&meta),
     });
-    Ok((Bytes::from(serde_json::to_vec(&body)?), usage(&meta).0))
+    Ok((Bytes::from(serde_json::to_vec(&body)?), usage(&meta)))
 }
 
 pub enum Step {
@@ -386,7 +385,7 @@ impl StreamTranslator {
         if let Some(meta) = v.get("usageMetadata") {
             self.usage = meta.clone();
         }
-        let usage_so_far = v.get("usageMetadata").map(|m| usage(m).0);
+        let usage_so_far = v.get("usageMetadata").map(usage);
         let candidate = v.pointer("/candidates/0").cloned().unwrap_or(Value::Null);
         let (text, calls) = parts_of(&candidate, self.tool_calls);
         if !text.is_empty() {
@@ -420,7 +419,7 @@ impl StreamTranslator {
         if !self.finished {
             return None;
         }
-        let u = usage(&self.usage).0;
+        let u = usage(&self.usage);
         let body = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
                           "choices": [], "usage": usage_json(&self.usage)});
         Some(vec![StreamEvent::usage(
