@@ -1138,12 +1138,7 @@ async fn stream_usage_can_be_turned_off_for_servers_that_reject_it() {
     let gw = TestGateway::start(&yaml, &[]).await;
     let mut req = chat("m");
     req["stream"] = json!(true);
-    let resp = reqwest::Client::new()
-        .post(gw.url("/v1/chat/completions"))
-        .json(&req)
-        .send()
-        .await
-        .unwrap();
+    let resp = gw.post("/v1/chat/completions", &req).await;
     assert_eq!(resp.status(), 200);
     resp.text().await.unwrap();
     assert!(mock.last().body.get("stream_options").is_none());

@@ -152,6 +152,8 @@ async fn the_cli_and_the_admin_api_make_list_and_revoke_keys_stored_only_hashed(
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
+    let bad: Value = bad.json().await.unwrap();
+    assert!(bad["error"]["message"].as_str().unwrap().contains("`lots`"), "{bad}");
 
     let revoked = admin(&gw, reqwest::Method::DELETE, &format!("/admin/keys/{api_id}"))
         .send()
@@ -248,12 +250,7 @@ async fn key_and_team_rate_limits_answer_429_with_openai_headers() {
     assert_eq!(body["error"]["code"], "rate_limit_exceeded");
 
     // A team's limit is shared by its keys: three requests between two keys.
-    let (first, _) = create_key(&gw, json!({"name": "b", "team": "ml"})).await;
-    let (second, _) = create_key(&gw, json!({"name": "c", "team": "ml"})).await;
-    assert_eq!(chat(&gw, &first, hello("fast")).await.status(), 200);
-    assert_eq!(chat(&gw, &second, hello("fast")).await.status(), 200);
-    assert_eq!(chat(&gw, &first, hello("fast")).await.status(), 200);
-    let over = chat(&gw, &second, hello("fast")).await;
+    let over = fourth_request_of_team_ml(&gw).await;
     assert_eq!(over.status(), 429);
     assert_eq!(over.headers()["x-ratelimit-limit-requests"], "3");
 
@@ -284,6 +281,16 @@ async fn tokens_per_minute_reserve_the_estimate_and_settle_with_actual_usage() {
     assert_eq!(refused.status(), 429);
     assert_eq!(refused.headers()["x-ratelimit-limit-tokens"], "100");
     assert!(refused.headers().contains_key("x-ratelimit-reset-tokens"));
+}
+
+/// Two keys of team `ml`: three requests between them pass; returns the fourth.
+async fn fourth_request_of_team_ml(gw: &TestGateway) -> reqwest::Response {
+    let (a, _) = create_key(gw, json!({"name": "a", "team": "ml"})).await;
+    let (b, _) = create_key(gw, json!({"name": "b", "team": "ml"})).await;
+    for key in [&a, &b, &a] {
+        assert_eq!(chat(gw, key, hello("fast")).await.status(), 200);
+    }
+    chat(gw, &b, hello("fast")).await
 }
 
 /// The cost of one `fast` request, as the gateway reports it.
@@ -367,12 +374,7 @@ async fn a_team_budget_is_spent_by_all_its_keys() {
     let one = cost_of_one_on(&url).await;
     let team = format!("teams:\n  ml: {{ budget: {{ daily: \"{:.12}\" }} }}", one * 3.0);
     let gw = start(&config(&format!("sqlite://{}/other.db", dir.path().display()), &team)).await;
-    let (a, _) = create_key(&gw, json!({"name": "a", "team": "ml"})).await;
-    let (b, _) = create_key(&gw, json!({"name": "b", "team": "ml"})).await;
-    assert_eq!(chat(&gw, &a, hello("fast")).await.status(), 200);
-    assert_eq!(chat(&gw, &b, hello("fast")).await.status(), 200);
-    assert_eq!(chat(&gw, &a, hello("fast")).await.status(), 200);
-    let refused = chat(&gw, &b, hello("fast")).await;
+    let refused = fourth_request_of_team_ml(&gw).await;
     assert_eq!(refused.status(), 429);
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["error"]["code"], "budget_exceeded");
@@ -522,7 +524,12 @@ routes:
         .json()
         .await
         .unwrap();
-    assert!(explained.to_string().contains("budget"), "{explained}");
+    let dropped = &explained["dropped"][0];
+    assert_eq!(dropped["model"], "capped", "{explained}");
+    assert!(
+        dropped["reason"].as_str().unwrap().contains("daily budget"),
+        "{explained}"
+    );
     // A restart starts from the ledger's total: still spent.
     gw.stop().await;
     let gw = start(&yaml).await;

@@ -106,7 +106,8 @@ async fn sqlite_keeps_a_row_per_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_keeps_a_row_per_request() {
-    let run = format!("pg-{}", std::process::id());
+    // Unique per run: the database keeps rows between runs, and process ids come round again.
+    let run = format!("pg-{}", uuid::Uuid::new_v4());
     every_request_is_a_row("postgres://postgres@127.0.0.1:5432/test", &run).await;
 }
 

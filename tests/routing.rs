@@ -692,11 +692,11 @@ async fn a_cancelled_stream_is_metered_and_costed_for_what_was_produced() {
     let mut body = chat("slow", "tell me a long story");
     body["stream"] = json!(true);
     let mut resp = gw.post("/v1/chat/completions", &body).await;
-    let mut chunks = 0;
-    while chunks < 5 {
-        if resp.chunk().await.unwrap().is_some() {
-            chunks += 1;
-        }
+    for _ in 0..5 {
+        assert!(
+            resp.chunk().await.unwrap().is_some(),
+            "the stream ended before five chunks"
+        );
     }
     drop(resp);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -837,15 +837,12 @@ async fn active_health_checks_open_a_failing_backends_circuit_and_close_it_when_
         v == 2.0
     })
     .await;
-    assert!(
-        wait_metric(
-            &gw,
-            r#"tollgate_health_checks_total{provider="dead",result="failed"}"#,
-            |v| v >= 1.0
-        )
-        .await
-            >= 1.0
-    );
+    wait_metric(
+        &gw,
+        r#"tollgate_health_checks_total{provider="dead",result="failed"}"#,
+        |v| v >= 1.0,
+    )
+    .await;
     wait_metric(
         &gw,
         r#"tollgate_health_checks_total{provider="sim",result="ok"}"#,

@@ -34,16 +34,18 @@ SLOW_TOKENS_PER_SECOND = 25
 
 # Secrets come from the environment, never from the file: the gateway
 # refuses a literal key. TG_TEST_KEY is set only for the child process.
-CONFIG = f"""\
-server:
-  listen: 127.0.0.1:1        # replaced by --listen
-  request_timeout: 30s
-  shutdown_grace: 5s
-auth:
-  keys: ["${{TG_TEST_KEY}}"]
-logging:
-  format: json
-  level: info
+def config_head(auth_extra: str = "", level: str = "info") -> str:
+    """The start of a test config: `Gateway.start` passes --listen and sets
+    TG_TEST_KEY; `auth_extra` adds lines under `auth:`."""
+    return (
+        "server:\n  listen: 127.0.0.1:1        # replaced by --listen\n"
+        "  request_timeout: 30s\n  shutdown_grace: 5s\n"
+        'auth:\n  keys: ["${TG_TEST_KEY}"]\n' + auth_extra +
+        f"logging:\n  format: json\n  level: {level}\n"
+    )
+
+
+CONFIG = config_head() + f"""\
 providers:
   sim:
     kind: simulated

@@ -36,7 +36,7 @@ import openai
 import pytest
 import yaml
 
-from conftest import REPO, Gateway, free_port, http_get, scrape, tollgate_bin
+from conftest import REPO, Gateway, config_head, free_port, http_get, scrape, tollgate_bin
 
 # Gauges that are legitimately 0 once the workload is over: their panels must
 # return series, not necessarily a non-zero value.
@@ -709,22 +709,12 @@ def test_shipped_config_serves(name, tmp_path):
 
 def workload_config(mock_addr: str, dead_port: int) -> str:
     m = f"http://{mock_addr}"
-    return f"""\
-server:
-  listen: 127.0.0.1:1        # replaced by --listen
-  request_timeout: 30s
-  shutdown_grace: 5s
-auth:
-  keys: ["${{TG_TEST_KEY}}"]
-  admin_keys: ["${{TG_ADMIN_KEY}}"]
-  managed_keys: true
+    auth = '  admin_keys: ["${TG_ADMIN_KEY}"]\n  managed_keys: true\n'
+    return config_head(auth, level="warn") + f"""\
 metrics: {{key_labels: true}}
 teams:
   # A budget the first priced request spends: the next is refused.
   ml: {{budget: {{daily: "0.000001"}}}}
-logging:
-  format: json
-  level: warn
 providers:
   sim: {{kind: simulated, tokens_per_second: 2000, completion_tokens: 12}}
   sim-slow: {{kind: simulated, ttft: 3s, completion_tokens: 4}}

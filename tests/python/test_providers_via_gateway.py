@@ -17,7 +17,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from conftest import Gateway, tollgate_bin
+from conftest import Gateway, config_head, tollgate_bin
 
 PROMPT_TOKENS = 21
 COMPLETION_TOKENS = 5
@@ -47,16 +47,7 @@ PROVIDER_KEYS = {
 
 def config(mock_addr: str) -> str:
     m = f"http://{mock_addr}"
-    return f"""\
-server:
-  listen: 127.0.0.1:1        # replaced by --listen
-  request_timeout: 30s
-  shutdown_grace: 5s
-auth:
-  keys: ["${{TG_TEST_KEY}}"]
-logging:
-  format: json
-  level: info
+    return config_head() + f"""\
 providers:
   anthropic: {{kind: anthropic, base_url: "{m}", api_key: "${{ANTHROPIC_API_KEY}}"}}
   gemini: {{kind: gemini, base_url: "{m}/v1beta", api_key: "${{GEMINI_API_KEY}}"}}
