@@ -109,8 +109,11 @@ enum KeysAction {
         #[arg(long, default_value = "table")]
         format: String,
     },
-    /// Revoke a key by its id (k-...): refused from the next refresh (`auth.key_refresh`) on.
-    Revoke { id: String },
+    /// Revoke a key by its id: running gateways refuse it from their next refresh (`auth.key_refresh`) on.
+    Revoke {
+        /// The key's id, `k-` and 12 hex digits, as `keys list` shows it.
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
