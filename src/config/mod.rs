@@ -451,6 +451,13 @@ impl Validator<'_> {
             })
         });
         let teams = self.teams(&raw);
+        if raw.auth.key_refresh.0 < Duration::from_millis(100) {
+            self.error(
+                locate::section(self.text, "auth"),
+                "auth.key_refresh".into(),
+                "must be at least 100ms (each refresh reads the key table)",
+            );
+        }
         if raw.auth.managed_keys && raw.ledger.is_none() {
             self.error(
                 locate::section(self.text, "auth"),
@@ -472,7 +479,7 @@ impl Validator<'_> {
                 routes: raw.routes,
                 ledger,
                 managed_keys: raw.auth.managed_keys,
-                key_refresh: raw.auth.key_refresh.0.max(Duration::from_millis(100)),
+                key_refresh: raw.auth.key_refresh.0,
                 cut_streams_over_budget: raw.auth.cut_streams_over_budget,
                 teams,
                 key_labels: raw.metrics.key_labels,
@@ -496,7 +503,7 @@ impl Validator<'_> {
                     );
                 }
             }
-            let budget = self.budget(&t.budget, line, &format!("teams.{name}.budget"));
+            let budget = Self::budget(&t.budget);
             specs.push(crate::keys::registry::TeamSpec {
                 name: name.clone(),
                 rpm: t.rpm,
@@ -948,23 +955,17 @@ impl Validator<'_> {
                     .unwrap_or_else(|| m.name.clone()),
                 rpm: m.rpm,
                 tpm: m.tpm,
-                budget: self.budget(&m.budget, at("budget"), &format!("models[{i}].budget")),
+                budget: Self::budget(&m.budget),
             });
         }
         out
     }
 
-    /// A budget's amounts, parsed exactly.
-    fn budget(&mut self, b: &schema::BudgetSection, line: Option<usize>, path: &str) -> crate::keys::Budget {
-        let mut usd = |amount: &Option<schema::Usd>, field: &str| {
-            let text = &amount.as_ref()?.0;
-            crate::keys::budget::parse_usd(text)
-                .map_err(|e| self.error(line, format!("{path}.{field}"), e))
-                .ok()
-        };
+    /// A budget's amounts (parsed exactly when the file was read).
+    fn budget(b: &schema::BudgetSection) -> crate::keys::Budget {
         crate::keys::Budget {
-            daily: usd(&b.daily, "daily"),
-            monthly: usd(&b.monthly, "monthly"),
+            daily: b.daily.map(|u| u.0),
+            monthly: b.monthly.map(|u| u.0),
         }
     }
 }
@@ -1172,5 +1173,21 @@ models:
         let text = include_str!("../../config/tollgate.yaml");
         let cfg = parse(text, &|_| None).unwrap_or_else(|e| panic!("{e:?}"));
         assert!(cfg.models.iter().any(|m| m.provider == "sim"));
+    }
+
+    #[test]
+    fn budgets_parse_exactly_and_bad_amounts_name_their_place() {
+        let text = "providers:\n  sim: {kind: simulated}\nmodels:\n  - {name: a, provider: sim, budget: {daily: 12.5, monthly: \"0.1\"}}\nteams:\n  t: {budget: {monthly: 3}}\n";
+        let cfg = parse(text, &|_| None).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(cfg.models[0].budget.daily, Some(12_500_000_000_000));
+        assert_eq!(cfg.models[0].budget.monthly, Some(100_000_000_000));
+        assert_eq!(cfg.teams[0].budget.monthly, Some(3_000_000_000_000));
+        let errs = parse(&text.replace("12.5", "lots"), &|_| None).unwrap_err();
+        assert!(
+            errs[0].message.contains("`lots`") && errs[0].line == Some(4),
+            "{errs:?}"
+        );
+        let errs = parse(&format!("{text}auth:\n  key_refresh: 10ms\n"), &|_| None).unwrap_err();
+        assert_eq!(errs[0].path, "auth.key_refresh");
     }
 }

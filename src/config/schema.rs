@@ -64,25 +64,13 @@ pub struct BudgetSection {
     pub monthly: Option<Usd>,
 }
 
-/// An amount of USD as written (`50`, `12.5`, `"0.25"`), kept as text so it
-/// is parsed exactly.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Usd(pub String);
+/// An amount of USD as written (`50`, `12.5`, `"0.25"`), parsed exactly into pico-dollars.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Usd(pub crate::metering::cost::Pico);
 
 impl<'de> Deserialize<'de> for Usd {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Either {
-            Text(String),
-            Int(u64),
-            Float(f64),
-        }
-        Ok(Usd(match Either::deserialize(d)? {
-            Either::Text(s) => s,
-            Either::Int(n) => n.to_string(),
-            Either::Float(f) => f.to_string(),
-        }))
+        super::units::number_or_text(d, crate::keys::budget::parse_usd, "an amount of USD such as 5 or 12.50").map(Usd)
     }
 }
 

@@ -58,16 +58,21 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|_| format!("`{text}` is not a duration tollgate can use"))
 }
 
-/// Accepts a YAML number or string and parses it with `parse`.
-fn number_or_text<'de, D, T>(d: D, parse: fn(&str) -> Result<T, String>) -> Result<T, D::Error>
+/// Accepts a number or a string and parses its text with `parse`, so a
+/// number is read exactly as written (no float on the way to a decimal).
+pub(crate) fn number_or_text<'de, D, T>(
+    d: D,
+    parse: fn(&str) -> Result<T, String>,
+    expecting: &'static str,
+) -> Result<T, D::Error>
 where
     D: Deserializer<'de>,
 {
-    struct V<T>(fn(&str) -> Result<T, String>);
+    struct V<T>(fn(&str) -> Result<T, String>, &'static str);
     impl<T> de::Visitor<'_> for V<T> {
         type Value = T;
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a number or a string with a unit")
+            f.write_str(self.1)
         }
         fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
             (self.0)(&v.to_string()).map_err(E::custom)
@@ -82,18 +87,18 @@ where
             (self.0)(v).map_err(E::custom)
         }
     }
-    d.deserialize_any(V(parse))
+    d.deserialize_any(V(parse, expecting))
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        number_or_text(d, parse_size).map(ByteSize)
+        number_or_text(d, parse_size, "a number or a string with a unit").map(ByteSize)
     }
 }
 
 impl<'de> Deserialize<'de> for Dur {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        number_or_text(d, parse_duration).map(Dur)
+        number_or_text(d, parse_duration, "a number or a string with a unit").map(Dur)
     }
 }
 

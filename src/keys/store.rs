@@ -25,18 +25,10 @@ pub struct NewKey {
     pub tpm: Option<u32>,
 }
 
-/// An amount of USD from JSON, a string or a number, parsed from its text (never through a float).
+/// An amount of USD, a string or a number (null: none), parsed exactly as the config's are.
 fn usd<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Pico>, D::Error> {
-    let v: Option<serde_json::Value> = serde::Deserialize::deserialize(d)?;
-    let text = match v {
-        None | Some(serde_json::Value::Null) => return Ok(None),
-        Some(serde_json::Value::String(s)) => s,
-        Some(serde_json::Value::Number(n)) => n.to_string(),
-        Some(other) => return Err(serde::de::Error::custom(format!("{other} is not an amount of USD"))),
-    };
-    super::budget::parse_usd(&text)
-        .map(Some)
-        .map_err(serde::de::Error::custom)
+    let amount: Option<crate::config::schema::Usd> = serde::Deserialize::deserialize(d)?;
+    Ok(amount.map(|u| u.0))
 }
 
 impl NewKey {
