@@ -182,6 +182,7 @@ async fn discovered_models_are_listed_and_routed_by_their_ollama_names() {
         mock.addr
     );
     let gw = TestGateway::start(&yaml, &[]).await;
+    let ask_discovered = json!({"model": "mock-llama:latest", "messages": [{"role": "user", "content": "hi"}]});
     let mut listed = Vec::new();
     for _ in 0..100 {
         listed = model_list(&gw).await;
@@ -203,12 +204,7 @@ async fn discovered_models_are_listed_and_routed_by_their_ollama_names() {
             .any(|r| r.method == "GET" && r.path == "/api/tags")
     );
 
-    let resp = gw
-        .post(
-            "/v1/chat/completions",
-            &json!({"model": "mock-llama:latest", "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
+    let resp = gw.post("/v1/chat/completions", &ask_discovered).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-tollgate-backend"], "local/mock-llama:latest");
     let v: Value = resp.json().await.unwrap();
@@ -229,12 +225,7 @@ async fn discovered_models_are_listed_and_routed_by_their_ollama_names() {
     let cfg = tollgate::config::parse(&yaml, &|_| None).unwrap();
     gw.gateway.reload(&cfg);
     assert_eq!(model_list(&gw).await, listed);
-    let resp = gw
-        .post(
-            "/v1/chat/completions",
-            &json!({"model": "mock-llama:latest", "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .await;
+    let resp = gw.post("/v1/chat/completions", &ask_discovered).await;
     assert_eq!(resp.status(), 200);
 }
 
