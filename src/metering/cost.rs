@@ -81,13 +81,40 @@ pub fn usd(pico: Pico) -> f64 {
 
 /// USD with up to 12 decimals and no trailing zeros, for headers: `0.000125`.
 pub fn usd_text(pico: Pico) -> String {
-    let whole = pico / 1_000_000_000_000;
-    let frac = pico % 1_000_000_000_000;
-    if frac == 0 {
-        return whole.to_string();
+    // Written digit by digit: every answer's cost header goes through here, and
+    // the formatting machinery cost more than the rest of the cost arithmetic.
+    const PER_USD: Pico = 1_000_000_000_000;
+    let mut text = String::with_capacity(24);
+    push_digits(&mut text, pico / PER_USD);
+    let mut frac = pico % PER_USD;
+    if frac != 0 {
+        text.push('.');
+        let mut place = PER_USD / 10;
+        while frac != 0 {
+            text.push(digit(frac / place));
+            frac %= place;
+            place /= 10;
+        }
     }
-    let digits = format!("{frac:012}");
-    format!("{whole}.{}", digits.trim_end_matches('0'))
+    text
+}
+
+fn push_digits(text: &mut String, mut n: Pico) {
+    let mut buf = [0u8; 40];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    text.extend(buf[at..].iter().map(|&b| char::from(b)));
+}
+
+fn digit(d: Pico) -> char {
+    char::from(b'0' + d as u8)
 }
 
 #[cfg(test)]
@@ -153,6 +180,16 @@ mod tests {
         // A million requests of 7 × 0.1 + 3 × 0.3 micro-dollars: exactly 1.6 USD.
         assert_eq!(total, 1_600_000_000_000);
         assert_eq!(usd_text(total), "1.6");
+    }
+
+    #[test]
+    fn usd_text_writes_every_digit_and_no_trailing_zeros() {
+        assert_eq!(usd_text(0), "0");
+        assert_eq!(usd_text(1), "0.000000000001");
+        assert_eq!(usd_text(12_000_000_000_000), "12");
+        assert_eq!(usd_text(12_340_000_000_000), "12.34");
+        assert_eq!(usd_text(1_000_000_000_007), "1.000000000007");
+        assert_eq!(usd_text(Pico::MAX), "340282366920938463463374607.431768211455");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::config::{HttpSpec, KeyState};
 
 /// Largest error body read from an upstream.
 const MAX_ERROR_BYTES: usize = 64 << 10;
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 pub struct JsonPost<'a> {
     pub uri: Option<Uri>,
@@ -69,7 +70,7 @@ pub async fn post_json(
     for (name, value) in spec.headers.iter().chain(post.headers) {
         headers.insert(name.clone(), value.clone());
     }
-    headers.insert("x-request-id", call.request_id.clone());
+    headers.insert(REQUEST_ID, call.request_id.clone());
     let deadline = client.total_deadline();
     let resp = client.send(req, deadline, post.stream).await?;
     let (parts, body) = resp.into_parts();

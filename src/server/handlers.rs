@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, StatusCode};
+use http::{HeaderName, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use serde::de::DeserializeOwned;
 use tokio::time::{Instant, timeout_at};
@@ -29,6 +29,13 @@ use crate::metering::Endpoint;
 use crate::providers::{Call, Provider, Reply, UpstreamError};
 use crate::routing::limits::Limited as RateLimited;
 use crate::routing::{Backend, Features};
+
+// Names parsed once, not on every answer.
+const BACKEND: HeaderName = HeaderName::from_static("x-tollgate-backend");
+const ROUTE: HeaderName = HeaderName::from_static("x-tollgate-route");
+const ATTEMPTS: HeaderName = HeaderName::from_static("x-tollgate-attempts");
+const COST_USD: HeaderName = HeaderName::from_static("x-tollgate-cost-usd");
+const USAGE: HeaderName = HeaderName::from_static("x-tollgate-usage");
 
 /// A request type the proxy path can serve.
 pub trait ProxyRequest: DeserializeOwned + Clone + Send + 'static {
@@ -301,12 +308,11 @@ async fn proxy<R: ProxyRequest>(gw: Arc<Gateway>, req: Request) -> Response {
                         && let Ok(v) = HeaderValue::from_str(&crate::metering::cost::usd_text(pico))
                     {
                         // At the catalog's prices; metering records the same figure.
-                        resp.headers_mut().insert("x-tollgate-cost-usd", v);
+                        resp.headers_mut().insert(COST_USD, v);
                     }
                     if estimated {
                         // The upstream reported no usage: the counts in the body are tollgate's estimate.
-                        resp.headers_mut()
-                            .insert("x-tollgate-usage", HeaderValue::from_static("estimated"));
+                        resp.headers_mut().insert(USAGE, HeaderValue::from_static("estimated"));
                     }
                     return resp;
                 }
@@ -493,14 +499,14 @@ struct Served {
 
 impl Served {
     fn stamp(&self, h: &mut http::HeaderMap) {
-        h.insert("x-tollgate-backend", self.backend.clone());
+        h.insert(BACKEND, self.backend.clone());
         stamp_route(h, &self.route, self.attempts);
     }
 }
 
 fn stamp_route(h: &mut http::HeaderMap, route: &HeaderValue, attempts: u32) {
-    h.insert("x-tollgate-route", route.clone());
-    h.insert("x-tollgate-attempts", HeaderValue::from(attempts));
+    h.insert(ROUTE, route.clone());
+    h.insert(ATTEMPTS, HeaderValue::from(attempts));
 }
 
 /// Records a failed attempt: metrics, the backend's health, a `Retry-After`
