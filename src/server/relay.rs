@@ -121,6 +121,13 @@ const COALESCE_BYTES: usize = 16 << 10;
 /// line, as SSE requires, so the client reassembles it intact.
 fn put_sse_data(out: &mut BytesMut, json: &[u8]) {
     out.reserve(json.len() + 8);
+    if memchr::memchr(b'\n', json).is_none() {
+        // Compact JSON, the common case: one line, no per-byte scan.
+        out.put_slice(b"data: ");
+        out.put_slice(json.strip_suffix(b"\r").unwrap_or(json));
+        out.put_slice(b"\n\n");
+        return;
+    }
     for (i, line) in json.split(|b| *b == b'\n').enumerate() {
         if i > 0 {
             out.put_u8(b'\n');

@@ -28,11 +28,14 @@ static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(
 /// the JSON is spaced. A false hit (the key inside a string) costs a parse,
 /// never a wrong answer: the rewrite itself reads the parsed value.
 fn has(data: &[u8], key: &Finder<'static>, value: &[u8]) -> bool {
-    key.find_iter(data).any(|at| {
-        let rest = &data[at + key.needle().len()..];
-        let rest = rest.trim_ascii_start();
-        rest.strip_prefix(b":")
-            .is_some_and(|rest| rest.trim_ascii_start().starts_with(value))
+    values(data, key).any(|v| v.starts_with(value))
+}
+
+/// What follows `key:` at each of its occurrences, however the JSON is spaced.
+fn values<'a>(data: &'a [u8], key: &'a Finder<'static>) -> impl Iterator<Item = &'a [u8]> {
+    key.find_iter(data).filter_map(move |at| {
+        let rest = data[at + key.needle().len()..].trim_ascii_start();
+        rest.strip_prefix(b":").map(<[u8]>::trim_ascii_start)
     })
 }
 
@@ -40,17 +43,32 @@ fn empty_id(data: &[u8]) -> bool {
     has(data, &ID_KEY, b"\"\"")
 }
 
-fn finish_is(data: &[u8], reason: &[u8]) -> bool {
-    has(data, &FINISH_KEY, reason)
+/// The `finish_reason`s of every choice, read in one pass: each stream chunk
+/// asks three questions of them.
+#[derive(Default)]
+struct Finishes {
+    /// Some choice finished (its reason is a string, not `null`).
+    any: bool,
+    stop: bool,
+    stop_sequence: bool,
+}
+
+impl Finishes {
+    fn of(data: &[u8]) -> Self {
+        let mut f = Finishes::default();
+        for v in values(data, &FINISH_KEY) {
+            f.any |= v.starts_with(b"\"");
+            f.stop |= v.starts_with(b"\"stop\"");
+            f.stop_sequence |= v.starts_with(b"\"stop_sequence\"");
+        }
+        f
+    }
 }
 
 /// A non-empty `tool_calls` list (`[]` calls nothing).
 fn tools_called(data: &[u8]) -> bool {
-    TOOL_CALLS_KEY.find_iter(data).any(|at| {
-        let rest = data[at + TOOL_CALLS_KEY.needle().len()..].trim_ascii_start();
-        rest.strip_prefix(b":")
-            .map(<[u8]>::trim_ascii_start)
-            .and_then(|rest| rest.strip_prefix(b"["))
+    values(data, &TOOL_CALLS_KEY).any(|v| {
+        v.strip_prefix(b"[")
             .is_some_and(|rest| !rest.trim_ascii_start().starts_with(b"]"))
     })
 }
@@ -108,8 +126,8 @@ fn has_tool_calls(v: &Value) -> bool {
 
 /// A complete answer, rewritten only if it needs to be.
 pub fn answer(raw: Bytes, request_id: &str) -> Bytes {
-    let needs =
-        empty_id(&raw) || finish_is(&raw, b"\"stop_sequence\"") || (finish_is(&raw, b"\"stop\"") && tools_called(&raw));
+    let finishes = Finishes::of(&raw);
+    let needs = empty_id(&raw) || finishes.stop_sequence || (finishes.stop && tools_called(&raw));
     if !needs {
         return raw;
     }
@@ -180,10 +198,9 @@ impl StreamFixer {
                 }
             }
         }
-        self.finished |= finish_is(&data, b"\"");
-        let needs = empty_id(&data)
-            || finish_is(&data, b"\"stop_sequence\"")
-            || (!self.called.is_empty() && finish_is(&data, b"\"stop\""));
+        let finishes = Finishes::of(&data);
+        self.finished |= finishes.any;
+        let needs = empty_id(&data) || finishes.stop_sequence || (!self.called.is_empty() && finishes.stop);
         if !needs {
             return data;
         }

@@ -72,6 +72,7 @@ static CONTENT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\
 static TEXT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"text\":\""));
 static EMPTY_TEXT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"text\":\"\""));
 static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
+static EMPTY_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"id\":\"\""));
 static FILTER_OFFSETS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content_filter_offsets\""));
 
 /// Wraps a chunk without parsing it, unless it carries usage: with
@@ -129,7 +130,7 @@ fn is_annotation_only(data: &[u8]) -> bool {
         id: Option<&'a str>,
     }
     FILTER_OFFSETS.find(data).is_some()
-        || (memchr::memmem::find(data, b"\"id\":\"\"").is_some()
+        || (EMPTY_ID.find(data).is_some()
             && serde_json::from_slice::<Probe>(data).is_ok_and(|p| p.id.is_none_or(str::is_empty)))
 }
 
