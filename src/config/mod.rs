@@ -934,6 +934,16 @@ impl Validator<'_> {
                     format!("unknown provider `{}` (configured: {})", m.provider, known.join(", ")),
                 );
             }
+            for (value, field) in [(m.rpm, "rpm"), (m.tpm, "tpm")] {
+                if value == Some(0) {
+                    // 0 would read as "no limit" to the limiter: say so rather than guess.
+                    self.error(
+                        at(field),
+                        format!("models[{i}].{field}"),
+                        "must be at least 1 (leave it out for no limit)",
+                    );
+                }
+            }
             for n in std::iter::once(&m.name).chain(&m.aliases) {
                 if !names.insert(n.clone()) {
                     self.error(
@@ -1189,5 +1199,18 @@ models:
         );
         let errs = parse(&format!("{text}auth:\n  key_refresh: 10ms\n"), &|_| None).unwrap_err();
         assert_eq!(errs[0].path, "auth.key_refresh");
+    }
+
+    #[test]
+    fn a_zero_rate_limit_is_an_error_not_no_limit() {
+        let text = "providers:\n  sim: {kind: simulated}\nmodels:\n  - name: a\n    provider: sim\n    rpm: 0\n    tpm: 0\nteams:\n  t: {rpm: 0}\n";
+        let errs = parse(text, &|_| None).unwrap_err();
+        let paths: Vec<(&str, Option<usize>)> = errs.iter().map(|e| (e.path.as_str(), e.line)).collect();
+        assert!(paths.contains(&("models[0].rpm", Some(6))), "{errs:?}");
+        assert!(paths.contains(&("models[0].tpm", Some(7))), "{errs:?}");
+        assert!(paths.contains(&("teams.t.rpm", Some(8))), "{errs:?}");
+        let ok = text.replace("rpm: 0", "rpm: 5").replace("tpm: 0", "tpm: 50");
+        let cfg = parse(&ok, &|_| None).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!((cfg.models[0].rpm, cfg.models[0].tpm), (Some(5), Some(50)));
     }
 }
