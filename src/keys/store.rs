@@ -77,6 +77,11 @@ impl KeyStore {
         })
     }
 
+    /// The store on a pool already connected to the ledger's database and migrated.
+    pub fn with_pool(pool: AnyPool) -> KeyStore {
+        KeyStore { pool }
+    }
+
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }

@@ -174,6 +174,8 @@ pub struct Ledger {
     counters: LedgerCounters,
     /// Drops, for rate-limiting the log.
     drops: Arc<AtomicU64>,
+    /// The database's pool, shared with the key store so that start-up connects and migrates once.
+    pool: AnyPool,
 }
 
 /// The writer task, closed and awaited at shutdown.
@@ -193,16 +195,30 @@ impl Writer {
 impl Ledger {
     /// Connects, migrates, and starts the writer.
     pub async fn open(settings: &LedgerSettings, counters: LedgerCounters) -> Result<(Ledger, Writer), sqlx::Error> {
-        let pool = connect(&settings.url, 2).await?;
+        // One connection for the writer's transactions, the others for the key
+        // store's refreshes and spend queries, which share this pool.
+        let pool = connect(&settings.url, 3).await?;
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let (close, closed) = oneshot::channel();
-        let task = tokio::spawn(write_batches(pool, rx, closed, settings.clone(), counters.clone()));
+        let task = tokio::spawn(write_batches(
+            pool.clone(),
+            rx,
+            closed,
+            settings.clone(),
+            counters.clone(),
+        ));
         let ledger = Ledger {
             tx,
             counters,
             drops: Arc::new(AtomicU64::new(0)),
+            pool,
         };
         Ok((ledger, Writer { task, close }))
+    }
+
+    /// The ledger database's pool (connected and migrated).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     /// Queues a row; never waits. A full (or closed) queue drops it, counted and logged.

@@ -360,14 +360,10 @@ impl TestGateway {
             }
             None => (None, None),
         };
-        let store = match &cfg.ledger {
-            Some(settings) => Some(
-                tollgate::keys::KeyStore::open(&settings.url)
-                    .await
-                    .expect("the key store opens"),
-            ),
-            _ => None,
-        };
+        // As `tollgate serve` does: the key store shares the ledger's pool.
+        let store = ledger
+            .as_ref()
+            .map(|l| tollgate::keys::KeyStore::with_pool(l.pool().clone()));
         let gateway = Arc::new(gateway.with_ledger(ledger).with_store(store));
         tollgate::server::keys::load(&gateway)
             .await
