@@ -13,7 +13,8 @@
 # (examples/bare_proxy.rs) is counted the same way. One keep-alive client
 # sends the requests one at a time (c=1), after a warm-up that is not counted.
 # Needs valgrind, python3 and the release binaries (BENCH_SKIP_BUILD=1 skips
-# the build). Never run from CI.
+# the build). Uses three loopback ports from INSTR_PORT_BASE (19380). Never
+# run from CI.
 
 set -euo pipefail
 
@@ -21,7 +22,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 REQUESTS=${INSTR_REQUESTS:-2000}
 STREAMS=${INSTR_STREAMS:-500}
-PORT_BASE=${INSTR_PORT_BASE:-19280}
+PORT_BASE=${INSTR_PORT_BASE:-19380}
 MOCK_PORT=$PORT_BASE
 GW_PORT=$((PORT_BASE + 1))
 BARE_PORT=$((PORT_BASE + 2))
@@ -36,14 +37,9 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
 fi
 T=$ROOT/target/release
 
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-instr.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_work tollgate-instr
 
 cat >"$WORK/tollgate.yaml" <<EOF
 server:
@@ -70,15 +66,6 @@ EOF
 KEY=$("$T/tollgate" keys create --config "$WORK/tollgate.yaml" --name bench --team bench \
     --rpm 1000000000 --tpm 4000000000 --budget-daily 1000000 2>/dev/null) ||
     die "tollgate keys create failed"
-
-wait_port() {
-    local i
-    for i in $(seq 1 400); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    die "nothing listens on 127.0.0.1:$1"
-}
 
 "$T/examples/mock_upstream" --listen "127.0.0.1:$MOCK_PORT" --chunks 20 >"$WORK/mock.log" 2>&1 &
 PIDS+=($!)
@@ -108,7 +95,7 @@ count() {
     local out=$WORK/callgrind.$name.$mode
     valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name.log" 2>&1 &
     local pid=$!
-    wait_port "$port"
+    wait_port "$port" 30 # valgrind starts slowly
     python3 "$WORK/client.py" "$port" 20 "$mode" "$KEY" || die "$name warm-up failed"
     callgrind_control -z "$pid" >/dev/null 2>&1
     python3 "$WORK/client.py" "$port" "$n" "$mode" "$KEY" || die "$name $mode failed"

@@ -42,15 +42,9 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     cargo build --release --example mock_upstream --bin tollgate
 fi
 mkdir -p "$OUT"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-profile.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_work tollgate-profile
 
 FULL_YAML=""
 MODEL_LIMITS=""
@@ -84,15 +78,6 @@ if [ "${PROFILE_FULL:-1}" = 1 ]; then
         --rpm 1000000000 --tpm 4000000000 --budget-daily 1000000 2>/dev/null) || die "keys create failed"
     AUTH_HEADER=(-H "authorization: Bearer $KEY")
 fi
-
-wait_port() {
-    local i
-    for i in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.05
-    done
-    die "nothing listens on 127.0.0.1:$1"
-}
 
 taskset -c 0 "$ROOT/target/release/examples/mock_upstream" --listen "127.0.0.1:$MOCK_PORT" \
     >>"$OUT/mock.log" 2>&1 &

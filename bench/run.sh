@@ -105,19 +105,9 @@ fi
 
 # 3. Files and processes.
 mkdir -p "$OUT"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/tollgate-bench.XXXXXX")
-PIDS=()
-cleanup() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
+bench_work tollgate-bench
 
 # Room for 1,000 client + 1,000 upstream sockets per process.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -184,17 +174,6 @@ if [ "${BENCH_LIMITS:-1}" = 1 ]; then
     done
     AUTH_HEADER=(-H "authorization: Bearer $BENCH_KEY")
 fi
-
-wait_port() {
-    local port=$1 i
-    for i in $(seq 1 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.05
-    done
-    die "nothing listens on 127.0.0.1:$port"
-}
 
 start_mock() { # core port extra-args... ; sets LAST_PID
     local core=$1 port=$2
