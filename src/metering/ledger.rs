@@ -366,10 +366,27 @@ async fn insert(pool: &AnyPool, sql: &Statements, batch: &mut Vec<Row>, counters
     batch.clear();
 }
 
-/// Rows per multi-row INSERT: 23 columns × 40 rows = 920 parameters, within
-/// both SQLite's (999 in old builds) and PostgreSQL's (65 535) limits. One
-/// statement text for every full chunk, so it is prepared once and cached.
-const ROWS_PER_STATEMENT: usize = 40;
+/// Rows per multi-row INSERT, largest first: 23 columns × 40 rows = 920
+/// parameters, within both SQLite's (999 in old builds) and PostgreSQL's
+/// (65 535) limits. A batch is cut greedily into these sizes, so any batch
+/// takes at most five statements beyond its full chunks (not one per leftover
+/// row), and each size is one fixed text, prepared once and cached.
+const STATEMENT_ROWS: [usize; 6] = [40, 16, 8, 4, 2, 1];
+
+/// The statements, as indexes into `STATEMENT_ROWS`, that cover `rows` rows in order.
+fn statements_for(mut rows: usize) -> impl Iterator<Item = usize> {
+    let mut size = 0;
+    std::iter::from_fn(move || {
+        while rows < STATEMENT_ROWS[size] {
+            size += 1;
+            if size == STATEMENT_ROWS.len() {
+                return None;
+            }
+        }
+        rows -= STATEMENT_ROWS[size];
+        Some(size)
+    })
+}
 
 /// `dollar`: PostgreSQL's `$1, $2...`; else SQLite's plain `?`, bound in
 /// order (sqlx looks up the name of every `$N` parameter in SQLite, a scan
@@ -400,18 +417,16 @@ fn insert_sql(rows: usize, dollar: bool) -> String {
     sql
 }
 
-/// The two INSERT statements of a database: a full chunk, and one row.
+/// The INSERT statements of a database, one per size in `STATEMENT_ROWS`.
 struct Statements {
-    full: String,
-    one: String,
+    by_size: [String; STATEMENT_ROWS.len()],
 }
 
 impl Statements {
     fn for_url(url: &str) -> Self {
         let dollar = !url.starts_with("sqlite:");
         Statements {
-            full: insert_sql(ROWS_PER_STATEMENT, dollar),
-            one: insert_sql(1, dollar),
+            by_size: STATEMENT_ROWS.map(|n| insert_sql(n, dollar)),
         }
     }
 }
@@ -419,15 +434,11 @@ impl Statements {
 /// One batch, one transaction: one commit for all its rows.
 async fn insert_rows(pool: &AnyPool, sql: &Statements, batch: &[Row]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let mut chunks = batch.chunks_exact(ROWS_PER_STATEMENT);
-    for chunk in chunks.by_ref() {
-        bind_rows(sqlx::query(&sql.full), chunk).execute(&mut *tx).await?;
-    }
-    // The remainder row by row, through the one-row statement (also prepared once).
-    for row in chunks.remainder() {
-        bind_rows(sqlx::query(&sql.one), std::slice::from_ref(row))
-            .execute(&mut *tx)
-            .await?;
+    let mut rest = batch;
+    for i in statements_for(batch.len()) {
+        let (chunk, tail) = rest.split_at(STATEMENT_ROWS[i]);
+        bind_rows(sqlx::query(&sql.by_size[i]), chunk).execute(&mut *tx).await?;
+        rest = tail;
     }
     tx.commit().await
 }
@@ -468,6 +479,20 @@ fn bind_rows<'q>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_is_cut_into_few_statements_of_the_prepared_sizes() {
+        for rows in 0..=200 {
+            let sizes: Vec<usize> = statements_for(rows).map(|i| STATEMENT_ROWS[i]).collect();
+            assert_eq!(sizes.iter().sum::<usize>(), rows, "{rows}: {sizes:?}");
+            assert!(sizes.iter().all(|s| STATEMENT_ROWS.contains(s)), "{rows}: {sizes:?}");
+            let full = rows / STATEMENT_ROWS[0];
+            assert!(sizes.len() <= full + 5, "{rows} rows took {} statements", sizes.len());
+        }
+        let sizes = |rows| statements_for(rows).map(|i| STATEMENT_ROWS[i]).collect::<Vec<_>>();
+        assert_eq!(sizes(39), [16, 16, 4, 2, 1]);
+        assert_eq!(sizes(500).iter().filter(|&&s| s == 40).count(), 12);
+    }
 
     #[test]
     fn sqlite_files_are_created_with_their_directory() {
