@@ -3,6 +3,9 @@
 # Run:   docker run -p 4000:4000 -e OPENAI_API_KEY tollgate
 
 FROM rust:1-slim-bookworm AS build
+# jemalloc, the allocator, builds with make, which the slim image lacks.
+RUN apt-get update && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Dependencies first, so source edits do not rebuild them.
 COPY Cargo.toml Cargo.lock ./
