@@ -181,12 +181,14 @@ pub fn translated<F: Framing + 'static, T: Translate>(body: EventBody<F>, transl
         pending: std::vec::IntoIter<StreamEvent>,
         finished: bool,
     }
-    let state = State {
+    // Boxed: `unfold` moves its state into and out of a new future for every
+    // event, and the body, decoder and translator are hundreds of bytes.
+    let state = Box::new(State {
         body,
         translator,
         pending: Vec::new().into_iter(),
         finished: false,
-    };
+    });
     Box::pin(stream::unfold(state, |mut s| async move {
         loop {
             if let Some(event) = s.pending.next() {
