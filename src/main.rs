@@ -377,10 +377,19 @@ fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> ExitCo
                 }
             },
         };
-        // Managed keys, and the spend that budgets start from, on the ledger's own pool.
-        let store = ledger
-            .as_ref()
-            .map(|l| tollgate::keys::KeyStore::with_pool(l.pool().clone()));
+        let store = match &cfg.ledger {
+            // Managed keys, and the spend that budgets start from: their own pool, so
+            // reports and refreshes never wait on the writer's connections; the
+            // writer's pool has just migrated the schema.
+            Some(settings) => match tollgate::keys::KeyStore::attach(&settings.url).await {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot open the key store (the ledger's database)");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
         let gateway = Arc::new(gateway.with_ledger(ledger).with_store(store));
         if let Err(e) = server::keys::load(&gateway).await {
             tracing::error!(error = %e, "cannot read the managed keys");

@@ -77,9 +77,11 @@ impl KeyStore {
         })
     }
 
-    /// The store on a pool already connected to the ledger's database and migrated.
-    pub fn with_pool(pool: AnyPool) -> KeyStore {
-        KeyStore { pool }
+    /// The store on the ledger's database, which the ledger writer opened and migrated.
+    pub async fn attach(url: &str) -> Result<KeyStore, sqlx::Error> {
+        Ok(KeyStore {
+            pool: crate::metering::ledger::connect_migrated(url, 2).await?,
+        })
     }
 
     pub fn pool(&self) -> &AnyPool {

@@ -174,8 +174,6 @@ pub struct Ledger {
     counters: LedgerCounters,
     /// Drops, for rate-limiting the log.
     drops: Arc<AtomicU64>,
-    /// The database's pool, shared with the key store so that start-up connects and migrates once.
-    pool: AnyPool,
 }
 
 /// The writer task, closed and awaited at shutdown.
@@ -195,30 +193,16 @@ impl Writer {
 impl Ledger {
     /// Connects, migrates, and starts the writer.
     pub async fn open(settings: &LedgerSettings, counters: LedgerCounters) -> Result<(Ledger, Writer), sqlx::Error> {
-        // One connection for the writer's transactions, the others for the key
-        // store's refreshes and spend queries, which share this pool.
-        let pool = connect(&settings.url, 3).await?;
+        let pool = connect(&settings.url, 2).await?;
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
         let (close, closed) = oneshot::channel();
-        let task = tokio::spawn(write_batches(
-            pool.clone(),
-            rx,
-            closed,
-            settings.clone(),
-            counters.clone(),
-        ));
+        let task = tokio::spawn(write_batches(pool, rx, closed, settings.clone(), counters.clone()));
         let ledger = Ledger {
             tx,
             counters,
             drops: Arc::new(AtomicU64::new(0)),
-            pool,
         };
         Ok((ledger, Writer { task, close }))
-    }
-
-    /// The ledger database's pool (connected and migrated).
-    pub fn pool(&self) -> &AnyPool {
-        &self.pool
     }
 
     /// Queues a row; never waits. A full (or closed) queue drops it, counted and logged.
@@ -242,10 +226,19 @@ impl Ledger {
 /// Opens the ledger's database (a SQLite file is created if missing) and
 /// brings its schema up to date; used by the writer, reports and key store.
 pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
+    let pool = connect_migrated(url, max_connections).await?;
+    migrate(&pool).await?;
+    Ok(pool)
+}
+
+/// Opens a database whose schema is already up to date (the ledger writer's
+/// pool migrated it at start-up): a second pool, so that reports and key
+/// refreshes never take the writer's connections, without migrating twice.
+pub async fn connect_migrated(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
     install_default_drivers();
     let url = sqlite_create_mode(url);
     let sqlite = url.starts_with("sqlite:");
-    let pool = AnyPoolOptions::new()
+    AnyPoolOptions::new()
         .max_connections(max_connections)
         .after_connect(move |conn, _| {
             Box::pin(async move {
@@ -259,9 +252,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::E
             })
         })
         .connect(&url)
-        .await?;
-    migrate(&pool).await?;
-    Ok(pool)
+        .await
 }
 
 /// SQLite creates a missing file only when asked (`mode=rwc`); its directory is created here.

@@ -360,10 +360,15 @@ impl TestGateway {
             }
             None => (None, None),
         };
-        // As `tollgate serve` does: the key store shares the ledger's pool.
-        let store = ledger
-            .as_ref()
-            .map(|l| tollgate::keys::KeyStore::with_pool(l.pool().clone()));
+        // As `tollgate serve` does: a pool of its own, the schema migrated by the ledger's.
+        let store = match &cfg.ledger {
+            Some(settings) => Some(
+                tollgate::keys::KeyStore::attach(&settings.url)
+                    .await
+                    .expect("the key store opens"),
+            ),
+            _ => None,
+        };
         let gateway = Arc::new(gateway.with_ledger(ledger).with_store(store));
         tollgate::server::keys::load(&gateway)
             .await
