@@ -88,21 +88,24 @@ for _ in range(n):
         sys.exit(f"HTTP {resp.status}: {data[:300]!r}")
 PY
 
-# count NAME PORT MODE N COMMAND... : instructions per request of COMMAND under callgrind.
+# count NAME PORT MODE N COMMAND... : sets COUNT to the instructions per request of
+# COMMAND under callgrind. Not run in $(...): its valgrind must be in PIDS, so that
+# an early exit or Ctrl-C stops it too.
 count() {
     local name=$1 port=$2 mode=$3 n=$4
     shift 4
     local out=$WORK/callgrind.$name.$mode
     valgrind --tool=callgrind --callgrind-out-file="$out" "$@" >"$WORK/$name.log" 2>&1 &
     local pid=$!
+    PIDS+=("$pid")
     wait_port "$port" 30 # valgrind starts slowly
     python3 "$WORK/client.py" "$port" 20 "$mode" "$KEY" || die "$name warm-up failed"
-    callgrind_control -z "$pid" >/dev/null 2>&1
+    callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control could not zero $name's counts"
     python3 "$WORK/client.py" "$port" "$n" "$mode" "$KEY" || die "$name $mode failed"
-    callgrind_control -d "$pid" >/dev/null 2>&1
+    callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control could not dump $name's counts"
     local total=0 f
     for _ in $(seq 1 100); do
-        total=$(awk '/^summary:/ { s += $2 } END { print s + 0 }' "$out".* 2>/dev/null || echo 0)
+        total=$(cat "$out".* 2>/dev/null | awk '/^summary:/ { s += $2 } END { print s + 0 }')
         [ "$total" -gt 0 ] && break
         sleep 0.1
     done
@@ -110,7 +113,7 @@ count() {
     wait "$pid" 2>/dev/null || true
     for f in "$out".*; do rm -f "$f"; done
     [ "$total" -gt 0 ] || die "no callgrind dump for $name"
-    echo $((total / n))
+    COUNT=$((total / n))
 }
 
 # Set here, not through env(1): valgrind would count env, not what it runs.
@@ -120,10 +123,11 @@ declare -A R
 for mode in plain stream; do
     n=$REQUESTS
     [ "$mode" = stream ] && n=$STREAMS
-    R[bare.$mode]=$(count bare "$BARE_PORT" "$mode" "$n" \
-        "$T/examples/bare_proxy" --listen "127.0.0.1:$BARE_PORT" --upstream "127.0.0.1:$MOCK_PORT")
-    R[tollgate.$mode]=$(count tollgate "$GW_PORT" "$mode" "$n" \
-        "$T/tollgate" serve --config "$WORK/tollgate.yaml")
+    count bare "$BARE_PORT" "$mode" "$n" \
+        "$T/examples/bare_proxy" --listen "127.0.0.1:$BARE_PORT" --upstream "127.0.0.1:$MOCK_PORT"
+    R[bare.$mode]=$COUNT
+    count tollgate "$GW_PORT" "$mode" "$n" "$T/tollgate" serve --config "$WORK/tollgate.yaml"
+    R[tollgate.$mode]=$COUNT
 done
 
 REV=$(git describe --always --dirty 2>/dev/null || echo unknown)
