@@ -13,8 +13,9 @@ use tracing_subscriber::EnvFilter;
 // A request allocates and frees many small objects (headers, JSON values, the
 // ledger row), often on another task: glibc's malloc took about a sixth of
 // the gateway's instructions. jemalloc cut a request by 8% of its instructions
-// and also lowered peak RSS; mimalloc cut more but held 16-34 MiB more
-// (docs/benchmarks.md).
+// and lowered peak RSS under load; mimalloc cut more but held 16-34 MiB more
+// (docs/benchmarks.md). jemalloc does not build for MSVC targets.
+#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
