@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{MockUpstream, Script, TestGateway, fixture_json, metric, sse_data};
+use common::{MockUpstream, Script, TestGateway, fixture_json, json_of, metric, sse_data};
 use futures_util::StreamExt;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use serde_json::{Value, json};
@@ -297,14 +297,7 @@ async fn completions_and_embeddings_pass_through() {
 #[tokio::test]
 async fn models_lists_configured_models_and_aliases() {
     let (_mock, gw) = setup().await;
-    let v: Value = client()
-        .get(gw.url("/v1/models"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = json_of(client().get(gw.url("/v1/models"))).await;
     assert_eq!(v["object"], "list");
     let ids: Vec<&str> = v["data"]
         .as_array()
@@ -855,14 +848,7 @@ async fn http2_clients_are_served_too() {
 #[tokio::test]
 async fn a_single_model_can_be_retrieved() {
     let (_mock, gw) = setup().await;
-    let v: Value = client()
-        .get(gw.url("/v1/models/fast"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = json_of(client().get(gw.url("/v1/models/fast"))).await;
     assert_eq!(v["id"], "fast");
     assert_eq!(v["object"], "model");
     assert_eq!(v["owned_by"], "up");
@@ -880,15 +866,7 @@ async fn simulated_provider_honours_n_prompt_lists_and_token_inputs() {
     let c = client();
     let mut req = chat("sim");
     req["n"] = json!(3);
-    let v: Value = c
-        .post(gw.url("/v1/chat/completions"))
-        .json(&req)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = json_of(c.post(gw.url("/v1/chat/completions")).json(&req)).await;
     let choices = v["choices"].as_array().unwrap();
     assert_eq!(choices.len(), 3);
     assert_eq!(
@@ -897,15 +875,11 @@ async fn simulated_provider_honours_n_prompt_lists_and_token_inputs() {
     );
     assert_eq!(v["usage"]["completion_tokens"], 15);
 
-    let v: Value = c
-        .post(gw.url("/v1/completions"))
-        .json(&json!({"model": "sim", "prompt": ["first", "second"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = json_of(
+        c.post(gw.url("/v1/completions"))
+            .json(&json!({"model": "sim", "prompt": ["first", "second"]})),
+    )
+    .await;
     let texts: Vec<&str> = v["choices"]
         .as_array()
         .unwrap()
@@ -915,15 +889,11 @@ async fn simulated_provider_honours_n_prompt_lists_and_token_inputs() {
     assert_eq!(texts.len(), 2);
     assert_ne!(texts[0], texts[1], "each prompt has its own answer");
 
-    let v: Value = c
-        .post(gw.url("/v1/embeddings"))
-        .json(&json!({"model": "sim", "input": [[1, 2, 3], [4, 5, 6, 7, 8]], "dimensions": 4}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v: Value = json_of(
+        c.post(gw.url("/v1/embeddings"))
+            .json(&json!({"model": "sim", "input": [[1, 2, 3], [4, 5, 6, 7, 8]], "dimensions": 4})),
+    )
+    .await;
     assert_ne!(v["data"][0]["embedding"], v["data"][1]["embedding"]);
     assert_eq!(v["usage"]["prompt_tokens"], 8, "one token per array element");
 

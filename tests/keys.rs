@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestGateway, metric, sse_data};
+use common::{TestGateway, json_of, metric, sse_data};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "tg-admin-0123456789abcdef";
@@ -126,13 +126,7 @@ async fn the_cli_and_the_admin_api_make_list_and_revoke_keys_stored_only_hashed(
     // Accepted at once by the gateway that made it.
     assert_eq!(chat(&gw, &api_key, hello("fast")).await.status(), 200);
 
-    let list: Value = admin(&gw, reqwest::Method::GET, "/admin/keys")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = json_of(admin(&gw, reqwest::Method::GET, "/admin/keys")).await;
     let data = list["data"].as_array().unwrap();
     assert_eq!(data.len(), 2, "{list}");
     assert_eq!(data[0]["id"], cli_id);
@@ -391,13 +385,7 @@ async fn a_team_budget_is_spent_by_all_its_keys() {
     // The report by team: the team's four requests, one refused.
     let mut report = Value::Null;
     for _ in 0..50 {
-        report = admin(&gw, reqwest::Method::GET, "/admin/usage?since=1h&by=team")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        report = json_of(admin(&gw, reqwest::Method::GET, "/admin/usage?since=1h&by=team")).await;
         if report["groups"][0]["requests"] == 4 {
             break;
         }
@@ -516,14 +504,7 @@ routes:
     .unwrap();
     assert!((used - 1.0).abs() < 1e-6, "{used}");
     // The explanation names it too.
-    let explained: Value = admin(&gw, reqwest::Method::POST, "/v1/route/explain")
-        .json(&hello("spill"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let explained: Value = json_of(admin(&gw, reqwest::Method::POST, "/v1/route/explain").json(&hello("spill"))).await;
     let dropped = &explained["dropped"][0];
     assert_eq!(dropped["model"], "capped", "{explained}");
     assert!(

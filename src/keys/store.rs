@@ -80,7 +80,7 @@ impl KeyStore {
     /// The store on the ledger's database, which the ledger writer opened and migrated.
     pub async fn attach(url: &str) -> Result<KeyStore, sqlx::Error> {
         Ok(KeyStore {
-            pool: crate::metering::ledger::connect_migrated(url, 2).await?,
+            pool: crate::metering::ledger::connect_without_migrating(url, 2).await?,
         })
     }
 

@@ -226,7 +226,7 @@ impl Ledger {
 /// Opens the ledger's database (a SQLite file is created if missing) and
 /// brings its schema up to date; used by the writer, reports and key store.
 pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
-    let pool = connect_migrated(url, max_connections).await?;
+    let pool = connect_without_migrating(url, max_connections).await?;
     migrate(&pool).await?;
     Ok(pool)
 }
@@ -234,7 +234,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::E
 /// Opens a database whose schema is already up to date (the ledger writer's
 /// pool migrated it at start-up): a second pool, so that reports and key
 /// refreshes never take the writer's connections, without migrating twice.
-pub async fn connect_migrated(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
+pub async fn connect_without_migrating(url: &str, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
     install_default_drivers();
     let url = sqlite_create_mode(url);
     let sqlite = url.starts_with("sqlite:");

@@ -4,6 +4,16 @@
 
 pub mod wire;
 
+/// Sends a request and reads its JSON answer, whatever its status.
+pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send()
+        .await
+        .expect("the request is sent")
+        .json()
+        .await
+        .expect("the answer is JSON")
+}
+
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
