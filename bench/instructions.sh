@@ -7,11 +7,16 @@
 #
 #   bench/instructions.sh                 # 2,000 requests and 500 streams each
 #   INSTR_REQUESTS=500 INSTR_STREAMS=100 bench/instructions.sh
+#   INSTR_CONCURRENCY=16 bench/instructions.sh   # 16 connections at once
+#   INSTR_KEEP=/tmp/cg bench/instructions.sh      # keep the callgrind dumps there
+#                                                 # (for callgrind_annotate)
 #
 # tollgate runs bench/run.sh's all-on config (managed key of a team, key, team
 # and model limits and budgets, the SQLite ledger); the bare proxy
 # (examples/bare_proxy.rs) is counted the same way. One keep-alive client
-# sends the requests one at a time (c=1), after a warm-up that is not counted.
+# sends the requests one at a time (c=1; INSTR_CONCURRENCY clients at once
+# otherwise, where the ledger writes larger batches, as under bench/run.sh's
+# c=16), after a warm-up that is not counted.
 # Needs valgrind, python3 and the release binaries (BENCH_SKIP_BUILD=1 skips
 # the build). Uses three loopback ports from INSTR_PORT_BASE (19380). Never
 # run from CI.
@@ -22,6 +27,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 REQUESTS=${INSTR_REQUESTS:-2000}
 STREAMS=${INSTR_STREAMS:-500}
+CONCURRENCY=${INSTR_CONCURRENCY:-1}
 PORT_BASE=${INSTR_PORT_BASE:-19380}
 MOCK_PORT=$PORT_BASE
 GW_PORT=$((PORT_BASE + 1))
@@ -71,21 +77,33 @@ KEY=$("$T/tollgate" keys create --config "$WORK/tollgate.yaml" --name bench --te
 PIDS+=($!)
 wait_port "$MOCK_PORT"
 
-# A keep-alive client: N requests, one at a time, each must answer 200.
+# Keep-alive clients: CONCURRENCY connections share N requests, each one at a
+# time on its connection; every answer must be 200.
 cat >"$WORK/client.py" <<'PY'
-import http.client, sys
+import http.client, sys, threading
 port, n, stream, key = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "stream", sys.argv[4]
+conns = int(sys.argv[5])
 body = ('{"model":"bench","messages":[{"role":"system","content":"You are a helpful assistant."},'
         '{"role":"user","content":"Write one sentence about a fox."}],"max_tokens":64,"temperature":0.7'
         + (',"stream":true,"stream_options":{"include_usage":true}}' if stream else '}'))
-conn = http.client.HTTPConnection("127.0.0.1", port)
-for _ in range(n):
-    conn.request("POST", "/v1/chat/completions", body,
-                 {"content-type": "application/json", "authorization": "Bearer " + key})
-    resp = conn.getresponse()
-    data = resp.read()
-    if resp.status != 200 or (stream and not data.endswith(b"data: [DONE]\n\n")):
-        sys.exit(f"HTTP {resp.status}: {data[:300]!r}")
+failures = []
+def client(count):
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(count):
+        conn.request("POST", "/v1/chat/completions", body,
+                     {"content-type": "application/json", "authorization": "Bearer " + key})
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200 or (stream and not data.endswith(b"data: [DONE]\n\n")):
+            failures.append(f"HTTP {resp.status}: {data[:300]!r}")
+            return
+threads = [threading.Thread(target=client, args=(n // conns + (i < n % conns),)) for i in range(conns)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+if failures:
+    sys.exit(failures[0])
 PY
 
 # count NAME PORT MODE N COMMAND... : sets COUNT to the instructions per request of
@@ -99,9 +117,9 @@ count() {
     local pid=$!
     PIDS+=("$pid")
     wait_port "$port" 30 # valgrind starts slowly
-    python3 "$WORK/client.py" "$port" 20 "$mode" "$KEY" || die "$name warm-up failed"
+    python3 "$WORK/client.py" "$port" 20 "$mode" "$KEY" 1 || die "$name warm-up failed"
     callgrind_control -z "$pid" >/dev/null 2>&1 || die "callgrind_control could not zero $name's counts"
-    python3 "$WORK/client.py" "$port" "$n" "$mode" "$KEY" || die "$name $mode failed"
+    python3 "$WORK/client.py" "$port" "$n" "$mode" "$KEY" "$CONCURRENCY" || die "$name $mode failed"
     callgrind_control -d "$pid" >/dev/null 2>&1 || die "callgrind_control could not dump $name's counts"
     local total=0 f
     for _ in $(seq 1 100); do
@@ -111,6 +129,10 @@ count() {
     done
     kill "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
+    if [ -n "${INSTR_KEEP:-}" ]; then
+        mkdir -p "$INSTR_KEEP"
+        cat "$out".* >"$INSTR_KEEP/callgrind.$name.$mode.c$CONCURRENCY"
+    fi
     for f in "$out".*; do rm -f "$f"; done
     [ "$total" -gt 0 ] || die "no callgrind dump for $name"
     COUNT=$((total / n))
@@ -131,7 +153,7 @@ for mode in plain stream; do
 done
 
 REV=$(git describe --always --dirty 2>/dev/null || echo unknown)
-echo "| $REV | bare proxy | tollgate | tollgate ÷ bare |"
+echo "| $REV, c=$CONCURRENCY | bare proxy | tollgate | tollgate ÷ bare |"
 echo "|---|--:|--:|--:|"
 for mode in plain stream; do
     label="instructions per non-streaming request"

@@ -646,6 +646,28 @@ async fn idle_gap_mid_stream_ends_with_a_timeout_event() {
 }
 
 #[tokio::test]
+async fn a_stream_longer_than_the_idle_limit_is_not_cut_while_chunks_keep_coming() {
+    // Idle limit 1 s; six chunks 400 ms apart take 2.4 s: one timer serves the
+    // body, and must move on at each chunk rather than fire at 1 s.
+    let (mock, gw) = setup().await;
+    mock.push(Script::Stream {
+        events: content_events(6),
+        gap: Duration::from_millis(400),
+        done: true,
+        break_after: None,
+    });
+    let text = post_chat(&gw, &stream_req()).await.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("upstream_timeout"), "{text}");
+    let contents: Vec<String> = sse_data(&text)
+        .iter()
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(contents, ["t0 ", "t1 ", "t2 ", "t3 ", "t4 ", "t5 "], "{text}");
+}
+
+#[tokio::test]
 async fn midstream_upstream_error_event_is_relayed_as_an_error_event() {
     let (mock, gw) = setup().await;
     let mut events = content_events(2);

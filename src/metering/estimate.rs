@@ -258,6 +258,14 @@ mod tests {
             |c| text.push(c),
         );
         assert_eq!(text, "x{\"a\":1}");
+        // Keys and quotes inside strings are text, not keys; other fields ending in
+        // `content` or holding the word `text` are not generated text.
+        let mut text = String::new();
+        generated_text(
+            br#"{"delta":{"reasoning_content":"no","type":"text","content":"say \"content\":\"x\" \":\"","refusal":null}}"#,
+            |c| text.push(c),
+        );
+        assert_eq!(text, r#"say "content":"x" ":""#);
         let mut n = 0;
         generated_text(br#"{"choices":[{"delta":{"role":"assistant"}}]}"#, |_| n += 1);
         assert_eq!(n, 0);

@@ -2,6 +2,7 @@
 //! and HTTP/2 (ALPN), TLS with rustls, and the upstream timeouts (connect,
 //! first byte, idle gap between chunks, whole answer).
 
+use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -12,7 +13,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use tokio::time::{Instant, timeout_at};
+use tokio::time::{Instant, Sleep, timeout_at};
 
 use super::error::{TimeoutPhase, UpstreamError};
 use crate::config::Timeouts;
@@ -101,17 +102,33 @@ impl UpstreamClient {
         }
     }
 
-    /// The next chunk of a body, within the idle-gap timeout and the deadline. `None` at the end.
-    pub async fn next_chunk(&self, body: &mut Incoming, deadline: Instant) -> Result<Option<Bytes>, UpstreamError> {
+    /// The next chunk of a body, within the idle-gap timeout and the body's
+    /// deadline. `None` at the end.
+    pub async fn next_chunk(&self, body: &mut Incoming, timer: &mut BodyTimer) -> Result<Option<Bytes>, UpstreamError> {
+        // The idle gap counts from when reading resumes, not from the last
+        // chunk: a client that reads slowly (backpressure) is not an idle upstream.
+        let idle_limit = Instant::now() + self.timeouts.idle;
+        let (limit, phase) = if idle_limit < timer.deadline {
+            (idle_limit, TimeoutPhase::IdleGap)
+        } else {
+            (timer.deadline, TimeoutPhase::Total)
+        };
+        if timer.sleep.deadline() > limit {
+            timer.sleep.as_mut().reset(limit);
+        }
         loop {
-            let idle_limit = Instant::now() + self.timeouts.idle;
-            let (limit, phase) = if idle_limit < deadline {
-                (idle_limit, TimeoutPhase::IdleGap)
-            } else {
-                (deadline, TimeoutPhase::Total)
+            let polled = tokio::select! {
+                biased;
+                frame = body.frame() => Some(frame),
+                () = timer.sleep.as_mut() => None,
             };
-            let frame = match timeout_at(limit, body.frame()).await {
-                Err(_) => {
+            let frame = match polled {
+                // The timer was left at an earlier chunk's limit: move it on.
+                None if Instant::now() < limit => {
+                    timer.sleep.as_mut().reset(limit);
+                    continue;
+                }
+                None => {
                     let secs = if phase == TimeoutPhase::IdleGap {
                         self.timeouts.idle
                     } else {
@@ -119,14 +136,14 @@ impl UpstreamClient {
                     };
                     return Err(self.timeout(phase, secs));
                 }
-                Ok(None) => return Ok(None),
-                Ok(Some(Err(e))) => {
+                Some(None) => return Ok(None),
+                Some(Some(Err(e))) => {
                     return Err(UpstreamError::Dropped {
                         provider: self.provider.to_string(),
                         detail: causes(&e),
                     });
                 }
-                Ok(Some(Ok(frame))) => frame,
+                Some(Some(Ok(frame))) => frame,
             };
             if let Ok(data) = frame.into_data() {
                 return Ok(Some(data));
@@ -139,7 +156,8 @@ impl UpstreamClient {
     pub async fn read_body(&self, mut body: Incoming, limit: usize, deadline: Instant) -> Result<Bytes, UpstreamError> {
         let mut first: Option<Bytes> = None;
         let mut buf = BytesMut::new();
-        while let Some(chunk) = self.next_chunk(&mut body, deadline).await? {
+        let mut timer = BodyTimer::until(deadline);
+        while let Some(chunk) = self.next_chunk(&mut body, &mut timer).await? {
             let total = first.as_ref().map_or(0, Bytes::len) + buf.len() + chunk.len();
             if total > limit {
                 return Err(UpstreamError::Protocol {
@@ -166,6 +184,25 @@ impl UpstreamClient {
             provider: self.provider.to_string(),
             phase,
             secs: after.as_secs_f64(),
+        }
+    }
+}
+
+/// The timeouts of one body being read: its deadline, and the idle gap
+/// between chunks, on one timer for the whole body. A timer per chunk would
+/// be registered in tokio's timer wheel and cancelled again for every chunk;
+/// this one is left at the first chunk's idle limit and only moved on when
+/// it fires before the current chunk's limit.
+pub struct BodyTimer {
+    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+}
+
+impl BodyTimer {
+    pub fn until(deadline: Instant) -> Self {
+        BodyTimer {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
         }
     }
 }

@@ -10,6 +10,7 @@ use tokio::time::Instant;
 
 use futures_util::stream;
 
+use super::client::BodyTimer;
 use super::{EventStream, StreamEvent, UpstreamClient, UpstreamError};
 use crate::api::ApiError;
 use bytes::Bytes;
@@ -18,7 +19,7 @@ use crate::stream::{NdjsonDecoder, SseDecoder};
 
 /// How a stream's bytes split into events.
 pub trait Framing: Send {
-    fn push(&mut self, chunk: &[u8]);
+    fn push(&mut self, chunk: Bytes);
     /// The next complete event's payload.
     fn next(&mut self) -> Result<Option<Bytes>, String>;
     /// What is left when the body ends (NDJSON's last line may lack its `\n`).
@@ -28,7 +29,7 @@ pub trait Framing: Send {
 }
 
 impl Framing for SseDecoder {
-    fn push(&mut self, chunk: &[u8]) {
+    fn push(&mut self, chunk: Bytes) {
         SseDecoder::push(self, chunk);
     }
     fn next(&mut self) -> Result<Option<Bytes>, String> {
@@ -37,8 +38,8 @@ impl Framing for SseDecoder {
 }
 
 impl Framing for NdjsonDecoder {
-    fn push(&mut self, chunk: &[u8]) {
-        NdjsonDecoder::push(self, chunk);
+    fn push(&mut self, chunk: Bytes) {
+        NdjsonDecoder::push(self, &chunk);
     }
     fn next(&mut self) -> Result<Option<Bytes>, String> {
         self.next_line().map_err(|e| e.to_string())
@@ -62,7 +63,7 @@ pub struct EventBody<F> {
     body: Option<Incoming>,
     decoder: F,
     client: UpstreamClient,
-    deadline: Instant,
+    timer: BodyTimer,
 }
 
 impl EventBody<SseDecoder> {
@@ -71,7 +72,7 @@ impl EventBody<SseDecoder> {
             body: Some(body),
             decoder: SseDecoder::new(MAX_EVENT_BYTES),
             client,
-            deadline,
+            timer: BodyTimer::until(deadline),
         }
     }
 }
@@ -82,7 +83,7 @@ impl EventBody<NdjsonDecoder> {
             body: Some(body),
             decoder: NdjsonDecoder::new(MAX_EVENT_BYTES),
             client,
-            deadline,
+            timer: BodyTimer::until(deadline),
         }
     }
 }
@@ -102,8 +103,8 @@ impl<F: Framing> EventBody<F> {
                     let Some(body) = self.body.as_mut() else {
                         return Ok(self.decoder.rest());
                     };
-                    match self.client.next_chunk(body, self.deadline).await? {
-                        Some(bytes) => self.decoder.push(&bytes),
+                    match self.client.next_chunk(body, &mut self.timer).await? {
+                        Some(bytes) => self.decoder.push(bytes),
                         None => {
                             self.body = None;
                             return Ok(self.decoder.rest());
@@ -120,9 +121,9 @@ impl<F: Framing> EventBody<F> {
         let Some(mut body) = self.body.take() else { return };
         let client = self.client.clone();
         tokio::spawn(async move {
-            let deadline = Instant::now() + DRAIN_TIME;
+            let mut timer = BodyTimer::until(Instant::now() + DRAIN_TIME);
             let mut read = 0;
-            while let Ok(Some(chunk)) = client.next_chunk(&mut body, deadline).await {
+            while let Ok(Some(chunk)) = client.next_chunk(&mut body, &mut timer).await {
                 read += chunk.len();
                 if read > DRAIN_BYTES {
                     break;

@@ -8,15 +8,17 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http_body::{Body, Frame};
+use memchr::memmem::Finder;
 use tokio::time::{Instant, Sleep};
 
 use super::meter::{Crossed, RequestMeter};
 use crate::api::ApiError;
-use crate::metering::cost::{Pico, usd};
+use crate::metering::cost::{Pico, usd, usd_text};
 use crate::providers::{EventStream, StreamEvent};
 
 pub struct SseRelay {
@@ -98,9 +100,34 @@ impl SseRelay {
     }
 }
 
-/// The final usage chunk with the request's cost added as `usage.cost_usd`
-/// (parsed once per stream: only the usage chunk).
+/// The final usage chunk with the request's cost added as `usage.cost_usd`.
+/// The field is spliced in after the usage object's opening brace, so the
+/// chunk is neither parsed nor rewritten (and keeps the upstream's key
+/// order). A chunk where that is not plainly right (no single `"usage":` key,
+/// or a `cost_usd` already there) is parsed and rewritten instead. A
+/// `"usage":` key cannot occur inside a JSON string, whose quotes are escaped.
 fn with_cost(data: &Bytes, pico: Pico) -> Bytes {
+    static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":"));
+    let mut keys = USAGE_KEY.find_iter(data);
+    if let (Some(at), None) = (keys.next(), keys.next())
+        && memchr::memmem::find(data, b"\"cost_usd\"").is_none()
+    {
+        let value = data.len() - data[at + USAGE_KEY.needle().len()..].trim_ascii_start().len();
+        if data[value..].first() != Some(&b'{') {
+            return data.clone(); // `null`: no usage object to add to
+        }
+        let members = &data[value + 1..];
+        let cost = usd_text(pico);
+        let mut out = BytesMut::with_capacity(data.len() + cost.len() + 12);
+        out.put_slice(&data[..=value]);
+        out.put_slice(b"\"cost_usd\":");
+        out.put_slice(cost.as_bytes());
+        if !members.trim_ascii_start().starts_with(b"}") {
+            out.put_u8(b',');
+        }
+        out.put_slice(members);
+        return out.freeze();
+    }
     let Ok(mut chunk) = serde_json::from_slice::<serde_json::Value>(data) else {
         return data.clone();
     };
@@ -213,5 +240,38 @@ mod tests {
         };
         assert_eq!(&framed(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
         assert_eq!(&framed(b"{\n\"a\":1\r\n}")[..], b"data: {\ndata: \"a\":1\ndata: }\n\n");
+    }
+
+    #[test]
+    fn the_cost_joins_the_usage_object() {
+        let pico = 1_250_000; // $0.00000125
+        let costed = |chunk: &str| {
+            let out = with_cost(&Bytes::copy_from_slice(chunk.as_bytes()), pico);
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        let usage_chunk = r#"{"id":"c","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,"prompt_tokens_details":{"cached_tokens":0}}}"#;
+        let out = costed(usage_chunk);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["usage"]["cost_usd"], 0.00000125, "{out}");
+        assert_eq!(v["usage"]["total_tokens"], 21);
+        assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        assert!(
+            out.starts_with(r#"{"id":"c","choices":[],"usage":{"cost_usd":0.00000125,"prompt_tokens":9,"#),
+            "{out}"
+        );
+        // Spaced JSON and an empty usage object.
+        let v: serde_json::Value = serde_json::from_str(&costed(r#"{ "usage" : { } }"#)).unwrap();
+        assert_eq!(v["usage"], serde_json::json!({"cost_usd": 0.00000125}));
+        // No usage object: unchanged.
+        assert_eq!(costed(r#"{"usage":null}"#), r#"{"usage":null}"#);
+        // An upstream's own cost_usd is replaced, not duplicated.
+        let v: serde_json::Value =
+            serde_json::from_str(&costed(r#"{"usage":{"cost_usd":9,"total_tokens":1}}"#)).unwrap();
+        assert_eq!(v["usage"]["cost_usd"], 0.00000125);
+        // A nested usage object besides the chunk's own: only the chunk's gets the cost.
+        let v: serde_json::Value =
+            serde_json::from_str(&costed(r#"{"x":{"usage":{"a":1}},"usage":{"total_tokens":1}}"#)).unwrap();
+        assert_eq!(v["usage"]["cost_usd"], 0.00000125);
+        assert!(v["x"]["usage"].get("cost_usd").is_none());
     }
 }

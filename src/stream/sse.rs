@@ -24,7 +24,13 @@ pub enum SseError {
 }
 
 pub struct SseDecoder {
-    buf: BytesMut,
+    /// Pushed bytes that hold a line end, decoded in place: a transport chunk
+    /// is not copied, and its lines are slices of it.
+    input: Bytes,
+    /// A line cut off at the end of a chunk, gathered here until its end comes.
+    partial: BytesMut,
+    /// `partial` holds a line end (so it is worth decoding).
+    partial_ended: bool,
     data: Option<Bytes>,
     /// Used only when an event has more than one `data:` line.
     joined: BytesMut,
@@ -37,7 +43,9 @@ pub struct SseDecoder {
 impl SseDecoder {
     pub fn new(max_event: usize) -> Self {
         SseDecoder {
-            buf: BytesMut::new(),
+            input: Bytes::new(),
+            partial: BytesMut::new(),
+            partial_ended: false,
             data: None,
             joined: BytesMut::new(),
             event: None,
@@ -46,32 +54,52 @@ impl SseDecoder {
         }
     }
 
-    pub fn push(&mut self, chunk: &[u8]) {
-        self.buf.extend_from_slice(chunk);
+    pub fn push(&mut self, chunk: Bytes) {
+        if self.input.is_empty() && self.partial.is_empty() {
+            self.input = chunk;
+            return;
+        }
+        if !self.input.is_empty() {
+            // Pushed before the last events were taken: decode in order.
+            self.partial.extend_from_slice(&self.input);
+            self.partial_ended = true;
+            self.input = Bytes::new();
+        }
+        self.partial_ended |= memchr::memchr2(b'\n', b'\r', &chunk).is_some();
+        self.partial.extend_from_slice(&chunk);
     }
 
     /// The next complete event in what was pushed so far.
     pub fn next_event(&mut self) -> Result<Option<SseEvent>, SseError> {
         loop {
-            if self.pending_cr && !self.buf.is_empty() {
-                if self.buf[0] == b'\n' {
-                    self.buf.advance(1);
+            if self.input.is_empty() && self.partial_ended {
+                self.input = self.partial.split().freeze();
+                self.partial_ended = false;
+            }
+            if self.pending_cr && !self.input.is_empty() {
+                if self.input[0] == b'\n' {
+                    self.input.advance(1);
                 }
                 self.pending_cr = false;
             }
-            let Some(end) = memchr::memchr2(b'\n', b'\r', &self.buf) else {
-                if self.buf.len() + self.pending_len() > self.max_event {
+            let Some(end) = memchr::memchr2(b'\n', b'\r', &self.input) else {
+                // An unfinished line waits for the next push; only it is copied.
+                if !self.input.is_empty() {
+                    self.partial.extend_from_slice(&self.input);
+                    self.input = Bytes::new();
+                }
+                if self.partial.len() + self.pending_len() > self.max_event {
                     return Err(SseError::TooLarge(self.max_event));
                 }
                 return Ok(None);
             };
-            let terminator = self.buf[end];
-            let line = self.buf.split_to(end).freeze();
-            self.buf.advance(1);
+            let terminator = self.input[end];
+            let line = self.input.split_to(end);
+            self.input.advance(1);
             if terminator == b'\r' {
-                if self.buf.first() == Some(&b'\n') {
-                    self.buf.advance(1);
-                } else if self.buf.is_empty() {
+                if self.input.first() == Some(&b'\n') {
+                    self.input.advance(1);
+                } else if self.input.is_empty() {
                     self.pending_cr = true;
                 }
             }
@@ -84,7 +112,7 @@ impl SseDecoder {
     /// At end of input: an event not closed by a blank line is dropped, as the
     /// spec says; callers treat an unfinished stream as an error anyway.
     pub fn has_partial(&self) -> bool {
-        !self.buf.is_empty() || self.data.is_some()
+        !self.input.is_empty() || !self.partial.is_empty() || self.data.is_some()
     }
 
     fn pending_len(&self) -> usize {
@@ -145,7 +173,7 @@ mod tests {
         let mut d = SseDecoder::new(1 << 20);
         let mut out = Vec::new();
         for chunk in input.chunks(split_every.max(1)) {
-            d.push(chunk);
+            d.push(Bytes::copy_from_slice(chunk));
             while let Some(e) = d.next_event().unwrap() {
                 out.push(e);
             }
@@ -198,14 +226,47 @@ mod tests {
     #[test]
     fn oversized_event_is_an_error_not_unbounded_memory() {
         let mut d = SseDecoder::new(16);
-        d.push(b"data: 0123456789abcdefghij");
+        d.push(Bytes::from_static(b"data: 0123456789abcdefghij"));
         assert_eq!(d.next_event(), Err(SseError::TooLarge(16)));
+    }
+
+    #[test]
+    fn whole_events_in_a_chunk_are_slices_of_it() {
+        let chunk = Bytes::from_static(b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: {\"c\"");
+        let mut d = SseDecoder::new(1024);
+        d.push(chunk.clone());
+        let first = d.next_event().unwrap().unwrap();
+        assert_eq!(first.data.as_ptr(), chunk[6..].as_ptr(), "not copied");
+        assert_eq!(&d.next_event().unwrap().unwrap().data[..], b"{\"b\":2}");
+        assert_eq!(d.next_event().unwrap(), None);
+        // The cut-off event is completed by the next chunks, however they are cut.
+        d.push(Bytes::from_static(b":3}"));
+        assert_eq!(d.next_event().unwrap(), None);
+        d.push(Bytes::from_static(b"\n"));
+        d.push(Bytes::from_static(b"\ndata: {}\n\n"));
+        assert_eq!(&d.next_event().unwrap().unwrap().data[..], b"{\"c\":3}");
+        assert_eq!(&d.next_event().unwrap().unwrap().data[..], b"{}");
+        assert_eq!(d.next_event().unwrap(), None);
+        assert!(!d.has_partial());
+    }
+
+    #[test]
+    fn a_large_event_in_small_chunks_arrives_whole() {
+        // 64 KiB in 16-byte chunks, each tried for an event as it comes.
+        let mut d = SseDecoder::new(1 << 20);
+        d.push(Bytes::from_static(b"data: "));
+        for _ in 0..4096 {
+            d.push(Bytes::from_static(b"0123456789abcdef"));
+            assert_eq!(d.next_event().unwrap(), None);
+        }
+        d.push(Bytes::from_static(b"\n\n"));
+        assert_eq!(d.next_event().unwrap().unwrap().data.len(), 65536);
     }
 
     #[test]
     fn unfinished_event_is_reported_as_partial() {
         let mut d = SseDecoder::new(1024);
-        d.push(b"data: {\"half\":");
+        d.push(Bytes::from_static(b"data: {\"half\":"));
         assert_eq!(d.next_event().unwrap(), None);
         assert!(d.has_partial());
     }

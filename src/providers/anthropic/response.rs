@@ -446,7 +446,7 @@ mod tests {
             let mut t = StreamTranslator::new();
             let mut out = Vec::new();
             for chunk in raw.chunks(split) {
-                decoder.push(chunk);
+                decoder.push(bytes::Bytes::copy_from_slice(chunk));
                 while let Some(event) = decoder.next_event().unwrap() {
                     if let Step::Emit(events) | Step::Done(events) = t.step(&event.data).unwrap() {
                         out.extend(

@@ -155,6 +155,8 @@ pub struct StreamFixer {
     /// The indices of the choices that called tools (with `n` > 1, not all may).
     called: Vec<u64>,
     finished: bool,
+    /// Whether chunks may come with an empty `id` (the first one did, or had none).
+    empty_ids: bool,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +178,7 @@ impl StreamFixer {
             started: false,
             called: Vec::new(),
             finished: false,
+            empty_ids: true,
         }
     }
 
@@ -188,6 +191,9 @@ impl StreamFixer {
                 self.model = head.model.map(Cow::into_owned);
                 if let Some(id) = head.id.filter(|id| !id.is_empty()) {
                     self.id = id.into_owned();
+                    // A server that names its stream names every chunk: the
+                    // rest are not searched for an empty `id`.
+                    self.empty_ids = false;
                 }
             }
         }
@@ -200,7 +206,8 @@ impl StreamFixer {
         }
         let finishes = Finishes::of(&data);
         self.finished |= finishes.any;
-        let needs = empty_id(&data) || finishes.stop_sequence || (!self.called.is_empty() && finishes.stop);
+        let needs =
+            (self.empty_ids && empty_id(&data)) || finishes.stop_sequence || (!self.called.is_empty() && finishes.stop);
         if !needs {
             return data;
         }
@@ -273,6 +280,22 @@ mod tests {
         assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
         assert_eq!(v["model"], "m");
         assert!(f.missing_finish().is_none(), "once");
+    }
+
+    #[test]
+    fn every_chunk_of_a_stream_without_ids_gets_the_id() {
+        let mut f = StreamFixer::new("r");
+        for delta in ["Hel", "lo"] {
+            let chunk = format!(
+                r#"{{"object":"chat.completion.chunk","id":"","model":"m","choices":[{{"index":0,"delta":{{"content":"{delta}"}},"finish_reason":null}}]}}"#
+            );
+            let v: Value = serde_json::from_slice(&f.chunk(Bytes::from(chunk))).unwrap();
+            assert_eq!(v["id"], "chatcmpl-r");
+            assert_eq!(v["choices"][0]["delta"]["content"], delta);
+        }
+        let mut f = StreamFixer::new("r");
+        let named = Bytes::from_static(br#"{"object":"chat.completion.chunk","id":"c1","choices":[]}"#);
+        assert_eq!(f.chunk(named.clone()).as_ptr(), named.as_ptr(), "passed on as it came");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 use bytes::Bytes;
 use http::StatusCode;
 use hyper::body::Incoming;
-use memchr::memmem::Finder;
+use memchr::memmem::{Finder, FinderRev};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio::time::Instant;
@@ -64,13 +64,14 @@ impl Translate for PassThrough {
     }
 }
 
-static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":"));
+// Every chunk is searched for these, so each search is arranged to stop
+// early on an ordinary chunk: `usage` from the end, where it is, and a
+// `choices` key (near the start) before looking for `error` all the way through.
+static USAGE_KEY: LazyLock<FinderRev<'static>> = LazyLock::new(|| FinderRev::new(b"\"usage\":"));
 static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
 static CHOICES_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"choices\""));
-static EMPTY_CONTENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\"\""));
 static CONTENT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\""));
 static TEXT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"text\":\""));
-static EMPTY_TEXT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"text\":\"\""));
 static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
 static EMPTY_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"id\":\"\""));
 static FILTER_OFFSETS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content_filter_offsets\""));
@@ -81,10 +82,13 @@ static FILTER_OFFSETS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(
 /// (compact JSON, as OpenAI-compatible servers send): it only times the
 /// first token, so a miss costs a metric sample, never an answer.
 pub(crate) fn classify_chunk(data: Bytes) -> StreamEvent {
-    let has_content = (CONTENT_KEY.find(&data).is_some() && EMPTY_CONTENT.find(&data).is_none())
-        || (TEXT_KEY.find(&data).is_some() && EMPTY_TEXT.find(&data).is_none())
-        || TOOL_CALLS_KEY.find(&data).is_some();
-    let has_usage = USAGE_KEY.find(&data).is_some_and(|at| {
+    // Some `"content":"` or `"text":"` whose string is not empty (the search stops at the first).
+    let non_empty = |key: &Finder<'static>| {
+        let len = key.needle().len();
+        key.find_iter(&data).any(|at| data.get(at + len) != Some(&b'"'))
+    };
+    let has_content = non_empty(&CONTENT_KEY) || non_empty(&TEXT_KEY) || TOOL_CALLS_KEY.find(&data).is_some();
+    let has_usage = USAGE_KEY.rfind(&data).is_some_and(|at| {
         let rest = &data[at + 8..];
         rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
     });
@@ -113,7 +117,7 @@ pub(crate) fn classify_chunk(data: Bytes) -> StreamEvent {
 
 /// An `{"error": ...}` event (no `choices`): the upstream failed mid-stream.
 fn midstream_error(data: &[u8], provider: &str) -> Option<ApiError> {
-    if ERROR_KEY.find(data).is_none() || CHOICES_KEY.find(data).is_some() {
+    if CHOICES_KEY.find(data).is_some() || ERROR_KEY.find(data).is_none() {
         return None;
     }
     let is_envelope = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(data)
