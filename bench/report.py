@@ -274,8 +274,21 @@ def main():
 
     t16 = by.get(("plain", 16, "tollgate"))
     s16 = by.get(("stream", 16, "tollgate"))
-    target("CPU per non-streaming request, c=16", t16 and cpu_us_per_req(t16), 30, "µs")
-    target("CPU per 20-chunk stream, c=16", s16 and cpu_us_per_req(s16), 200, "µs")
+    # The core's targets (30 and 200 µs) are for the routing path alone; with
+    # managed keys, limits and the SQLite ledger all on (bench/run.sh's
+    # default), the metering issue's targets apply: 35 and 230 µs.
+    config = (out / "tollgate.yaml").read_text() if (out / "tollgate.yaml").exists() else ""
+    all_on = "\nledger:" in config and "managed_keys: true" in config
+    scope = ", keys, limits, metering and ledger on" if all_on else ""
+    target(f"CPU per non-streaming request, c=16{scope}", t16 and cpu_us_per_req(t16), 35 if all_on else 30, "µs")
+    target(f"CPU per 20-chunk stream, c=16{scope}", s16 and cpu_us_per_req(s16), 230 if all_on else 200, "µs")
+    for mode, label, t in (("plain", "request", t16), ("stream", "stream", s16)):
+        b = by.get((mode, 16, "bare"))
+        if t and b:
+            checks.append(
+                f"- (info) CPU per {label}, c=16, tollgate ÷ the bare proxy: "
+                f"{cpu_us_per_req(t) / cpu_us_per_req(b):.2f}× ({cpu_us_per_req(b):.1f} µs bare)"
+            )
     for mode, label in (("plain", "non-streaming"), ("stream", "streaming")):
         d1 = by.get((mode, 1, "direct"))
         for kind, where in (("tollgate", "tollgate on its own core"), ("samecore", "everything on one core")):

@@ -150,8 +150,9 @@ impl<'de> Visitor<'de> for DetailCount {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<u64, A::Error> {
         let mut found = 0;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == self.0 {
+        // `Key` borrows the name from the input; serde's `Cow<str>` would allocate every one.
+        while let Some(key) = map.next_key::<crate::api::open_object::Key<'de>>()? {
+            if key.0 == self.0 {
                 struct Count(u64);
                 impl<'de> Deserialize<'de> for Count {
                     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

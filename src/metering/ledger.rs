@@ -310,6 +310,8 @@ async fn write_batches(
     let sql = Statements::for_url(&settings.url);
     let mut batch = Vec::with_capacity(batch_size);
     let mut closing = false;
+    let gather = tokio::time::sleep(settings.flush_interval);
+    tokio::pin!(gather);
     loop {
         // Wait for a row; then gather what else arrives within the interval.
         let first = if closing {
@@ -329,11 +331,17 @@ async fn write_batches(
             Some(row) => batch.push(row),
             None => break,
         }
-        let gather_until = tokio::time::Instant::now() + settings.flush_interval;
+        // One timer for the batch, and every row already queued taken at each
+        // wake-up: not a timer armed and cancelled per row.
+        gather
+            .as_mut()
+            .reset(tokio::time::Instant::now() + settings.flush_interval);
         while batch.len() < batch_size {
-            match tokio::time::timeout_at(gather_until, rx.recv()).await {
-                Ok(Some(row)) => batch.push(row),
-                Ok(None) | Err(_) => break,
+            let room = batch_size - batch.len();
+            tokio::select! {
+                biased;
+                taken = rx.recv_many(&mut batch, room) => if taken == 0 { break },
+                () = gather.as_mut() => break,
             }
         }
         insert(&pool, &sql, &mut batch, &counters).await;
