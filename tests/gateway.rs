@@ -647,12 +647,12 @@ async fn idle_gap_mid_stream_ends_with_a_timeout_event() {
 
 #[tokio::test]
 async fn a_stream_longer_than_the_idle_limit_is_not_cut_while_chunks_keep_coming() {
-    // Idle limit 1 s; six chunks 400 ms apart take 2.4 s: one timer serves the
+    // Idle limit 1 s; eight chunks 250 ms apart take 2 s: one timer serves the
     // body, and must move on at each chunk rather than fire at 1 s.
     let (mock, gw) = setup().await;
     mock.push(Script::Stream {
-        events: content_events(6),
-        gap: Duration::from_millis(400),
+        events: content_events(8),
+        gap: Duration::from_millis(250),
         done: true,
         break_after: None,
     });
@@ -664,7 +664,11 @@ async fn a_stream_longer_than_the_idle_limit_is_not_cut_while_chunks_keep_coming
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
         .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
         .collect();
-    assert_eq!(contents, ["t0 ", "t1 ", "t2 ", "t3 ", "t4 ", "t5 "], "{text}");
+    assert_eq!(
+        contents,
+        ["t0 ", "t1 ", "t2 ", "t3 ", "t4 ", "t5 ", "t6 ", "t7 "],
+        "{text}"
+    );
 }
 
 #[tokio::test]

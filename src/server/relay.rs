@@ -103,23 +103,30 @@ impl SseRelay {
 /// The final usage chunk with the request's cost added as `usage.cost_usd`.
 /// The field is spliced in after the usage object's opening brace, so the
 /// chunk is neither parsed nor rewritten (and keeps the upstream's key
-/// order). A chunk where that is not plainly right (no single `"usage":` key,
-/// or a `cost_usd` already there) is parsed and rewritten instead. A
-/// `"usage":` key cannot occur inside a JSON string, whose quotes are escaped.
+/// order). A chunk where that is not plainly right (`"usage"` found other
+/// than once, or a `cost_usd` already there) is parsed and rewritten instead.
 fn with_cost(data: &Bytes, pico: Pico) -> Bytes {
-    static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":"));
-    let mut keys = USAGE_KEY.find_iter(data);
-    if let (Some(at), None) = (keys.next(), keys.next())
+    static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+    let mut found = USAGE.find_iter(data);
+    if let (Some(at), None) = (found.next(), found.next())
         && memchr::memmem::find(data, b"\"cost_usd\"").is_none()
     {
-        let value = data.len() - data[at + USAGE_KEY.needle().len()..].trim_ascii_start().len();
-        if data[value..].first() != Some(&b'{') {
+        let after_key = data[at + USAGE.needle().len()..].trim_ascii_start();
+        let Some(value) = after_key.strip_prefix(b":").map(<[u8]>::trim_ascii_start) else {
+            return data.clone(); // `"usage"` is a string value, not a key: no usage object
+        };
+        if value.first() != Some(&b'{') {
             return data.clone(); // `null`: no usage object to add to
         }
-        let members = &data[value + 1..];
-        let cost = usd_text(pico);
+        let brace = data.len() - value.len();
+        let members = &data[brace + 1..];
+        // Always with a decimal point, so the field is a float to every client, as on the parsing path.
+        let mut cost = usd_text(pico);
+        if !cost.contains('.') {
+            cost.push_str(".0");
+        }
         let mut out = BytesMut::with_capacity(data.len() + cost.len() + 12);
-        out.put_slice(&data[..=value]);
+        out.put_slice(&data[..=brace]);
         out.put_slice(b"\"cost_usd\":");
         out.put_slice(cost.as_bytes());
         if !members.trim_ascii_start().starts_with(b"}") {
@@ -259,19 +266,36 @@ mod tests {
             out.starts_with(r#"{"id":"c","choices":[],"usage":{"cost_usd":0.00000125,"prompt_tokens":9,"#),
             "{out}"
         );
-        // Spaced JSON and an empty usage object.
-        let v: serde_json::Value = serde_json::from_str(&costed(r#"{ "usage" : { } }"#)).unwrap();
-        assert_eq!(v["usage"], serde_json::json!({"cost_usd": 0.00000125}));
+        // Spaced JSON and empty usage objects, spliced.
+        assert_eq!(
+            costed(r#"{ "usage" : { } }"#),
+            r#"{ "usage" : {"cost_usd":0.00000125 } }"#
+        );
+        assert_eq!(costed(r#"{"usage":{ }}"#), r#"{"usage":{"cost_usd":0.00000125 }}"#);
+        assert_eq!(
+            costed(r#"{"usage": {"a":1}}"#),
+            r#"{"usage": {"cost_usd":0.00000125,"a":1}}"#
+        );
+        // Whole dollars still read as a float.
+        let whole = with_cost(&Bytes::from_static(br#"{"usage":{}}"#), 2_000_000_000_000);
+        assert_eq!(&whole[..], br#"{"usage":{"cost_usd":2.0}}"#);
         // No usage object: unchanged.
         assert_eq!(costed(r#"{"usage":null}"#), r#"{"usage":null}"#);
         // An upstream's own cost_usd is replaced, not duplicated.
         let v: serde_json::Value =
             serde_json::from_str(&costed(r#"{"usage":{"cost_usd":9,"total_tokens":1}}"#)).unwrap();
         assert_eq!(v["usage"]["cost_usd"], 0.00000125);
-        // A nested usage object besides the chunk's own: only the chunk's gets the cost.
-        let v: serde_json::Value =
-            serde_json::from_str(&costed(r#"{"x":{"usage":{"a":1}},"usage":{"total_tokens":1}}"#)).unwrap();
-        assert_eq!(v["usage"]["cost_usd"], 0.00000125);
-        assert!(v["x"]["usage"].get("cost_usd").is_none());
+        // A nested usage object besides the chunk's own, however either is spaced:
+        // only the chunk's gets the cost.
+        for chunk in [
+            r#"{"x":{"usage":{"a":1}},"usage":{"total_tokens":1}}"#,
+            r#"{"x":{"usage":{"a":1}},"usage" : {"total_tokens":1}}"#,
+        ] {
+            let v: serde_json::Value = serde_json::from_str(&costed(chunk)).unwrap();
+            assert_eq!(v["usage"]["cost_usd"], 0.00000125, "{chunk}");
+            assert!(v["x"]["usage"].get("cost_usd").is_none(), "{chunk}");
+        }
+        // `usage` only as a string value: nothing to add to.
+        assert_eq!(costed(r#"{"kind":"usage"}"#), r#"{"kind":"usage"}"#);
     }
 }

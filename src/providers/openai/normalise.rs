@@ -191,8 +191,8 @@ impl StreamFixer {
                 self.model = head.model.map(Cow::into_owned);
                 if let Some(id) = head.id.filter(|id| !id.is_empty()) {
                     self.id = id.into_owned();
-                    // A server that names its stream names every chunk: the
-                    // rest are not searched for an empty `id`.
+                    // A server that names its stream names its chunks: the
+                    // rest are not searched through for an empty `id`.
                     self.empty_ids = false;
                 }
             }
@@ -206,8 +206,14 @@ impl StreamFixer {
         }
         let finishes = Finishes::of(&data);
         self.finished |= finishes.any;
-        let needs =
-            (self.empty_ids && empty_id(&data)) || finishes.stop_sequence || (!self.called.is_empty() && finishes.stop);
+        // After a named first chunk only a chunk that opens with an empty `id`
+        // is fixed: some proxies end a stream with one.
+        let unnamed = if self.empty_ids {
+            empty_id(&data)
+        } else {
+            data.starts_with(br#"{"id":"""#)
+        };
+        let needs = unnamed || finishes.stop_sequence || (!self.called.is_empty() && finishes.stop);
         if !needs {
             return data;
         }
@@ -296,6 +302,12 @@ mod tests {
         let mut f = StreamFixer::new("r");
         let named = Bytes::from_static(br#"{"object":"chat.completion.chunk","id":"c1","choices":[]}"#);
         assert_eq!(f.chunk(named.clone()).as_ptr(), named.as_ptr(), "passed on as it came");
+        // A proxy's closing chunk without its name still gets it.
+        let v: Value = serde_json::from_slice(&f.chunk(Bytes::from_static(
+            br#"{"id":"","object":"chat.completion.chunk","choices":[],"usage":{"total_tokens":3}}"#,
+        )))
+        .unwrap();
+        assert_eq!(v["id"], "c1");
     }
 
     #[test]
