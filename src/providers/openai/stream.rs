@@ -88,7 +88,9 @@ pub(crate) fn classify_chunk(data: Bytes) -> StreamEvent {
         key.find_iter(&data).any(|at| data.get(at + len) != Some(&b'"'))
     };
     let has_content = non_empty(&CONTENT_KEY) || non_empty(&TEXT_KEY) || TOOL_CALLS_KEY.find(&data).is_some();
-    let has_usage = USAGE_KEY.rfind_iter(&data).any(|at| {
+    // The last `"usage":` only: searching on past a `"usage":null` (every chunk
+    // but the last, with `include_usage`) would read each chunk backwards whole.
+    let has_usage = USAGE_KEY.rfind(&data).is_some_and(|at| {
         let rest = &data[at + 8..];
         rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
     });
