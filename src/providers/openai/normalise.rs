@@ -21,56 +21,61 @@ use serde_json::{Value, json};
 use crate::providers::StreamEvent;
 
 static ID_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"id\""));
-static FINISH_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"finish_reason\""));
-static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
 
 /// Whether some `key` in `data` has a value starting with `value`, however
 /// the JSON is spaced. A false hit (the key inside a string) costs a parse,
 /// never a wrong answer: the rewrite itself reads the parsed value.
 fn has(data: &[u8], key: &Finder<'static>, value: &[u8]) -> bool {
-    values(data, key).any(|v| v.starts_with(value))
+    key.find_iter(data)
+        .any(|at| value_of(&data[at + key.needle().len()..]).is_some_and(|v| v.starts_with(value)))
 }
 
-/// What follows `key:` at each of its occurrences, however the JSON is spaced.
-fn values<'a>(data: &'a [u8], key: &'a Finder<'static>) -> impl Iterator<Item = &'a [u8]> {
-    key.find_iter(data).filter_map(move |at| {
-        let rest = data[at + key.needle().len()..].trim_ascii_start();
-        rest.strip_prefix(b":").map(<[u8]>::trim_ascii_start)
-    })
+/// The value after a key's closing quote (`rest`), however the JSON is spaced.
+fn value_of(rest: &[u8]) -> Option<&[u8]> {
+    rest.trim_ascii_start().strip_prefix(b":").map(<[u8]>::trim_ascii_start)
 }
 
 fn empty_id(data: &[u8]) -> bool {
     has(data, &ID_KEY, b"\"\"")
 }
 
-/// The `finish_reason`s of every choice, read in one pass: each stream chunk
-/// asks three questions of them.
+/// What the `finish_reason`s and `tool_calls` of a chunk or answer say,
+/// read in one pass: every stream chunk asks.
 #[derive(Default)]
-struct Finishes {
+struct Keys {
     /// Some choice finished (its reason is a string, not `null`).
-    any: bool,
+    finished: bool,
     stop: bool,
     stop_sequence: bool,
+    /// Some `tool_calls` list is not empty (`[]` calls nothing).
+    tools_called: bool,
 }
 
-impl Finishes {
+impl Keys {
+    /// Both keys hold an underscore, a byte rare enough in JSON chunks that
+    /// finding each one (memchr) and looking around it costs less than a
+    /// search of the whole chunk for each key.
     fn of(data: &[u8]) -> Self {
-        let mut f = Finishes::default();
-        for v in values(data, &FINISH_KEY) {
-            f.any |= v.starts_with(b"\"");
-            f.stop |= v.starts_with(b"\"stop\"");
-            f.stop_sequence |= v.starts_with(b"\"stop_sequence\"");
+        const FINISH: &[u8] = b"\"finish_reason\"";
+        const TOOLS: &[u8] = b"\"tool_calls\"";
+        let value_after = |underscore: usize, key: &[u8], offset: usize| {
+            let start = underscore.checked_sub(offset)?;
+            value_of(data[start..].strip_prefix(key)?)
+        };
+        let mut k = Keys::default();
+        for at in memchr::memchr_iter(b'_', data) {
+            if let Some(v) = value_after(at, FINISH, 7) {
+                k.finished |= v.starts_with(b"\"");
+                k.stop |= v.starts_with(b"\"stop\"");
+                k.stop_sequence |= v.starts_with(b"\"stop_sequence\"");
+            } else if let Some(v) = value_after(at, TOOLS, 5) {
+                k.tools_called |= v
+                    .strip_prefix(b"[")
+                    .is_some_and(|rest| !rest.trim_ascii_start().starts_with(b"]"));
+            }
         }
-        f
+        k
     }
-}
-
-/// A non-empty `tool_calls` list (`[]` calls nothing).
-fn tools_called(data: &[u8]) -> bool {
-    values(data, &TOOL_CALLS_KEY).any(|v| {
-        v.strip_prefix(b"[")
-            .is_some_and(|rest| !rest.trim_ascii_start().starts_with(b"]"))
-    })
 }
 
 /// The choices of a chunk that call tools, read without building the chunk.
@@ -126,8 +131,8 @@ fn has_tool_calls(v: &Value) -> bool {
 
 /// A complete answer, rewritten only if it needs to be.
 pub fn answer(raw: Bytes, request_id: &str) -> Bytes {
-    let finishes = Finishes::of(&raw);
-    let needs = empty_id(&raw) || finishes.stop_sequence || (finishes.stop && tools_called(&raw));
+    let keys = Keys::of(&raw);
+    let needs = empty_id(&raw) || keys.stop_sequence || (keys.stop && keys.tools_called);
     if !needs {
         return raw;
     }
@@ -197,15 +202,15 @@ impl StreamFixer {
                 }
             }
         }
-        if tools_called(&data) {
+        let keys = Keys::of(&data);
+        if keys.tools_called {
             for index in choices_calling_tools(&data) {
                 if !self.called.contains(&index) {
                     self.called.push(index);
                 }
             }
         }
-        let finishes = Finishes::of(&data);
-        self.finished |= finishes.any;
+        self.finished |= keys.finished;
         // After a named first chunk only a chunk that opens with an empty `id`
         // is fixed: some proxies end a stream with one.
         let unnamed = if self.empty_ids {
@@ -213,7 +218,7 @@ impl StreamFixer {
         } else {
             data.starts_with(br#"{"id":"""#)
         };
-        let needs = unnamed || finishes.stop_sequence || (!self.called.is_empty() && finishes.stop);
+        let needs = unnamed || keys.stop_sequence || (!self.called.is_empty() && keys.stop);
         if !needs {
             return data;
         }
@@ -289,6 +294,24 @@ mod tests {
     }
 
     #[test]
+    fn finish_reasons_and_tool_calls_are_read_in_one_pass() {
+        let k = Keys::of(
+            br#"_{"choices":[{"index":0,"delta":{"content":"a_b \"finish_reason\": \"stop\""},"finish_reason":null}]}"#,
+        );
+        assert!(
+            !k.finished && !k.stop && !k.tools_called,
+            "keys inside strings are text"
+        );
+        let k = Keys::of(
+            br#"{"choices":[{"finish_reason" : "stop_sequence"},{"delta":{"tool_calls": [ {"index":0} ]},"finish_reason":"stop"}]}"#,
+        );
+        assert!(k.finished && k.stop && k.stop_sequence && k.tools_called);
+        let k = Keys::of(br#"{"choices":[{"delta":{"tool_calls":[]},"finish_reason":"length"}]}"#);
+        assert!(k.finished && !k.stop && !k.stop_sequence && !k.tools_called);
+        assert!(!Keys::of(b"_").finished);
+    }
+
+    #[test]
     fn every_chunk_of_a_stream_without_ids_gets_the_id() {
         let mut f = StreamFixer::new("r");
         for delta in ["Hel", "lo"] {
@@ -325,8 +348,8 @@ mod tests {
             "choice 0 called nothing (an empty list)"
         );
         assert_eq!(v["choices"][1]["finish_reason"], "tool_calls");
-        assert!(tools_called(br#"{"tool_calls": [ {"index":0} ]}"#));
-        assert!(!tools_called(br#"{"tool_calls": [ ]}"#));
+        assert!(Keys::of(br#"{"tool_calls": [ {"index":0} ]}"#).tools_called);
+        assert!(!Keys::of(br#"{"tool_calls": [ ]}"#).tools_called);
     }
 
     #[test]
