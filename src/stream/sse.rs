@@ -84,10 +84,10 @@ impl SseDecoder {
             }
             let Some(end) = memchr::memchr2(b'\n', b'\r', &self.input) else {
                 // An unfinished line waits for the next push; only it is copied.
-                if !self.input.is_empty() {
-                    self.partial.extend_from_slice(&self.input);
-                    self.input = Bytes::new();
-                }
+                // `input` is let go even when empty: a spent slice still holds the
+                // transport's whole buffer, which the connection could not reuse.
+                self.partial.extend_from_slice(&self.input);
+                self.input = Bytes::new();
                 if self.partial.len() + self.pending_len() > self.max_event {
                     return Err(SseError::TooLarge(self.max_event));
                 }
@@ -248,6 +248,21 @@ mod tests {
         assert_eq!(&d.next_event().unwrap().unwrap().data[..], b"{}");
         assert_eq!(d.next_event().unwrap(), None);
         assert!(!d.has_partial());
+    }
+
+    #[test]
+    fn a_chunk_is_let_go_once_its_events_are_taken() {
+        // The connection reuses its read buffer only when nothing else holds it.
+        for (input, partial) in [(&b"data: {}\n\n"[..], false), (b"data: {}\n\ndata: {\"cut", true)] {
+            let chunk = Bytes::from(input.to_vec());
+            let mut d = SseDecoder::new(1024);
+            d.push(chunk.clone());
+            assert!(!chunk.is_unique());
+            drop(d.next_event().unwrap().unwrap());
+            assert_eq!(d.next_event().unwrap(), None);
+            assert!(chunk.is_unique(), "the decoder still holds the chunk");
+            assert_eq!(d.has_partial(), partial);
+        }
     }
 
     #[test]
