@@ -90,10 +90,9 @@ pub struct LedgerSection {
     pub flush_interval: Dur,
 }
 
-/// Room for about 1.5 s of rows at 30,000 requests/s. In one benchmark run the
-/// writer stalled for about a third of a second (most likely a SQLite
-/// checkpoint's fsync) and a 10,000-row queue dropped 9,897 rows. The queue
-/// holds memory only while rows wait in it.
+/// Room for about 1.7 s of rows at 30,000 requests/s. In one benchmark run the
+/// writer fell behind for at least a third of a second and a 10,000-row queue
+/// dropped 9,897 rows. The queue holds memory only while rows wait in it.
 fn default_ledger_queue() -> usize {
     50_000
 }
