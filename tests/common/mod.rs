@@ -4,16 +4,6 @@
 
 pub mod wire;
 
-/// Sends a request and reads its JSON answer, whatever its status.
-pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
-    req.send()
-        .await
-        .expect("the request is sent")
-        .json()
-        .await
-        .expect("the answer is JSON")
-}
-
 use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -31,6 +21,16 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
+
+/// Sends a request and reads its JSON answer, whatever its status.
+pub async fn json_of(req: reqwest::RequestBuilder) -> serde_json::Value {
+    req.send()
+        .await
+        .expect("the request is sent")
+        .json()
+        .await
+        .expect("the answer is JSON")
+}
 
 pub fn fixture(path: &str) -> String {
     std::fs::read_to_string(format!("{}/tests/fixtures/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()

@@ -35,7 +35,8 @@ fn value_of(rest: &[u8]) -> Option<&[u8]> {
     rest.trim_ascii_start().strip_prefix(b":").map(<[u8]>::trim_ascii_start)
 }
 
-fn empty_id(data: &[u8]) -> bool {
+/// Some `id` is an empty string, however the JSON is spaced.
+pub(super) fn empty_id(data: &[u8]) -> bool {
     has(data, &ID_KEY, b"\"\"")
 }
 

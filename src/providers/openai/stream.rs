@@ -12,7 +12,7 @@ use serde::de::IgnoredAny;
 use tokio::time::Instant;
 
 use super::errors;
-use super::normalise::StreamFixer;
+use super::normalise::{self, StreamFixer};
 use crate::api::{ApiError, Usage};
 use crate::providers::event_body::{self, SseBody, Step, Translate};
 use crate::providers::{EventStream, StreamEvent, UpstreamClient};
@@ -73,7 +73,6 @@ static CHOICES_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\
 static CONTENT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content\":\""));
 static TEXT_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"text\":\""));
 static TOOL_CALLS_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"tool_calls\""));
-static EMPTY_ID: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"id\":\"\""));
 static FILTER_OFFSETS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"content_filter_offsets\""));
 
 /// Wraps a chunk without parsing it, unless it carries usage: with
@@ -91,7 +90,7 @@ pub(crate) fn classify_chunk(data: Bytes) -> StreamEvent {
     // The last `"usage":` only: searching on past a `"usage":null` (every chunk
     // but the last, with `include_usage`) would read each chunk backwards whole.
     let has_usage = USAGE_KEY.rfind(&data).is_some_and(|at| {
-        let rest = &data[at + 8..];
+        let rest = &data[at + USAGE_KEY.needle().len()..];
         rest.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
     });
     if !has_usage {
@@ -136,7 +135,7 @@ fn is_annotation_only(data: &[u8]) -> bool {
         id: Option<&'a str>,
     }
     FILTER_OFFSETS.find(data).is_some()
-        || (EMPTY_ID.find(data).is_some()
+        || (normalise::empty_id(data)
             && serde_json::from_slice::<Probe>(data).is_ok_and(|p| p.id.is_none_or(str::is_empty)))
 }
 
